@@ -1,0 +1,199 @@
+"""Validation before anything runs: every error at once, each a structured NodeError."""
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import networkx as nx
+
+from .errors import NodeError
+from .schema import ANY, Input, Node, Registry
+from .workflow import INVALID, Link, NodeSpec, Workflow
+
+
+@dataclass
+class ValidPrompt:
+    """A workflow that passed validation: constants coerced, outputs chosen."""
+
+    workflow: Workflow
+    outputs: list[str]
+    classes: dict[str, type[Node]]
+
+
+def _types_match(received: str, expected: str) -> bool:
+    if received == expected or ANY in (received, expected):
+        return True
+    if expected == "COMBO" and received in ("STRING", "COMBO"):
+        return True
+    return bool(set(received.split(",")) & set(expected.split(",")))
+
+
+def _coerce(inp: Input, value: Any) -> Any:
+    """Coerce a constant to its input's type, as ComfyUI does; raises ValueError/TypeError on failure."""
+    if inp.is_combo:
+        return value
+    t = inp.type
+    if t == "INT":
+        if isinstance(value, bool):
+            raise TypeError("a boolean is not an integer")
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueError("not a whole number")
+        return int(value)
+    if t == "FLOAT":
+        if isinstance(value, bool):
+            raise TypeError("a boolean is not a number")
+        number = float(value)
+        if not math.isfinite(number):
+            raise ValueError("not a finite number")
+        return number
+    if t == "STRING":
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise TypeError("not a string")
+        return str(value)
+    if t == "BOOLEAN":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise TypeError("not a boolean")
+    return value
+
+
+def _check_constant(spec: NodeSpec, inp: Input, value: Any, errors: list[NodeError]) -> Any:
+    def err(kind: str, message: str, expected: Any, hint: str = "") -> None:
+        errors.append(NodeError(kind, message, spec.id, spec.class_type, inp.name, expected, value, hint))
+
+    if not inp.is_widget:
+        err("invalid_input_type", f"Input {inp.name!r} takes a link from a {inp.type} output, not a constant",
+            f"link to a {inp.type} output")
+        return value
+    try:
+        value = _coerce(inp, value)
+    except (TypeError, ValueError) as exc:
+        err("invalid_input_type", f"Failed to convert an input value to a {inp.type} value ({exc})", inp.type)
+        return value
+    if inp.min is not None and value < inp.min:
+        err("value_smaller_than_min", f"Value {value} smaller than min of {inp.min}", f">= {inp.min}")
+    if inp.max is not None and value > inp.max:
+        err("value_bigger_than_max", f"Value {value} bigger than max of {inp.max}", f"<= {inp.max}")
+    if inp.is_combo:
+        choices = inp.choices()
+        if value not in choices:
+            shown = choices if len(choices) <= 20 else choices[:20] + ["…"]
+            hint = inp.missing_hint(value) if inp.missing_hint else ""
+            close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=3)
+            if close and not hint:
+                hint = "did you mean " + ", ".join(repr(c) for c in close) + "?"
+            err("value_not_in_list", f"Value not in list: {inp.name}: {value!r} not in {len(choices)} choices",
+                shown, hint)
+    return value
+
+
+def _check_node(spec: NodeSpec, cls: type[Node], wf: Workflow, registry: Registry, errors: list[NodeError]) -> None:
+    constants: dict[str, Any] = {}
+    for inp in cls.inputs:
+        if inp.name not in spec.inputs:
+            if not inp.optional:
+                errors.append(NodeError("required_input_missing", f"Required input is missing: {inp.name}",
+                                        spec.id, spec.class_type, inp.name, inp.type, None,
+                                        f"default is {inp.default!r}" if inp.default is not None else ""))
+            continue
+        value = spec.inputs[inp.name]
+        if value is INVALID:
+            continue
+        if isinstance(value, Link):
+            source = wf.nodes.get(value.node)
+            if source is None:
+                errors.append(NodeError("dangling_link", f"Input {inp.name!r} links to node {value.node}, "
+                                        "which is not in the workflow", spec.id, spec.class_type, inp.name,
+                                        "an existing node id", value.node))
+                continue
+            source_cls = registry.get(source.class_type)
+            if source_cls is None:
+                continue  # reported as an unknown node type
+            if not 0 <= value.slot < len(source_cls.outputs):
+                errors.append(NodeError("output_slot_out_of_range", f"Input {inp.name!r} links to output "
+                                        f"{value.slot} of node {value.node} ({source.class_type}), which has "
+                                        f"{len(source_cls.outputs)} output(s)", spec.id, spec.class_type, inp.name,
+                                        f"0..{len(source_cls.outputs) - 1}", value.slot))
+                continue
+            received = source_cls.outputs[value.slot].type
+            expected = "COMBO" if inp.is_combo else inp.type
+            if not _types_match(received, expected):
+                errors.append(NodeError("return_type_mismatch", "Return type mismatch between linked nodes",
+                                        spec.id, spec.class_type, inp.name, expected, received,
+                                        f"node {value.node} output {value.slot} is {received}"))
+            continue
+        spec.inputs[inp.name] = constants[inp.name] = _check_constant(spec, inp, value, errors)
+    if constants and not any(e.node_id == spec.id for e in errors):
+        for name, problem in cls.check(**constants).items():
+            errors.append(NodeError("custom_validation_failed", problem, spec.id, spec.class_type, name,
+                                    received=constants.get(name)))
+
+
+def graph_of(wf: Workflow, node_ids: Any = None) -> nx.DiGraph:
+    """Dependency graph: an edge producer → consumer for every link between existing nodes."""
+    g = nx.DiGraph()
+    ids = set(wf.nodes) if node_ids is None else set(node_ids)
+    g.add_nodes_from(ids)
+    for nid in ids:
+        for link in wf.nodes[nid].links().values():
+            if link.node in wf.nodes:
+                g.add_edge(link.node, nid)
+    return g
+
+
+def ancestors_of(wf: Workflow, outputs: list[str]) -> set[str]:
+    g = graph_of(wf)
+    keep = set(outputs)
+    for out in outputs:
+        keep |= nx.ancestors(g, out)
+    return keep
+
+
+def validate(wf: Workflow, registry: Registry, targets: list[str] | None = None) -> tuple[ValidPrompt, list[NodeError]]:
+    """Check the whole workflow and return the prompt to run with every error found."""
+    errors: list[NodeError] = []
+    classes: dict[str, type[Node]] = {}
+    for spec in wf.nodes.values():
+        cls = registry.get(spec.class_type)
+        if cls is None:
+            close = difflib.get_close_matches(spec.class_type, list(registry.nodes), n=3, cutoff=0.5)
+            hint = ("did you mean " + ", ".join(close) + "?") if close else "run `main.py nodes` to list node types"
+            if spec.class_type in registry.failed:
+                hint = "its module failed to load"
+            errors.append(NodeError("invalid_prompt", f"Cannot execute because node type {spec.class_type!r} "
+                                    "does not exist", spec.id, spec.class_type, None, "a known node type",
+                                    spec.class_type, hint))
+        else:
+            classes[spec.id] = cls
+    outputs = [nid for nid, cls in classes.items() if cls.output_node]
+    if targets is not None:
+        missing = [t for t in targets if t not in wf.nodes]
+        for t in missing:
+            errors.append(NodeError("invalid_prompt", f"Requested output node {t} is not in the workflow",
+                                    expected="a node id", received=t))
+        outputs = [nid for nid in outputs if nid in targets]
+    if not outputs:
+        errors.append(NodeError("prompt_no_outputs", "Prompt has no outputs",
+                                hint="add an output node such as SaveImage or PreviewImage"))
+    reachable = ancestors_of(wf, outputs)
+    for nid in sorted(reachable, key=_id_key):
+        if nid in classes:
+            _check_node(wf.nodes[nid], classes[nid], wf, registry, errors)
+    g = graph_of(wf, reachable)
+    for component in nx.strongly_connected_components(g):
+        if len(component) > 1 or any(g.has_edge(n, n) for n in component):
+            ring = sorted(component, key=_id_key)
+            for nid in ring:
+                errors.append(NodeError("dependency_cycle", "Dependency cycle detected: nodes "
+                                        + ", ".join(ring) + " depend on each other", nid,
+                                        wf.nodes[nid].class_type, expected="an acyclic graph", received=ring))
+    return ValidPrompt(wf, sorted(outputs, key=_id_key), classes), errors
+
+
+def _id_key(node_id: str) -> tuple[int, Any]:
+    """Numeric ids in numeric order, others after them by text."""
+    return (0, int(node_id)) if node_id.isdigit() else (1, node_id)
