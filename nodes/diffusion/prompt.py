@@ -1,0 +1,129 @@
+"""ComfyUI's prompt syntax: emphasis weights and 77-token chunks.
+
+Weights: `(text)` multiplies the weight by 1.1 per nesting level; `(text:1.3)` sets it to 1.3 (the
+number after the last colon, replacing rather than multiplying the outer weight); `\\(` and `\\)`
+are literal parentheses. There is no `[...]` syntax. An unbalanced parenthesis is kept as text.
+
+Chunks: each weighted segment is split into words on spaces (newlines count as spaces), each word
+is tokenized on its own, and the tokens are packed into chunks of start + 75 + end, padded to 77. A
+word of 8 or more tokens may be split across chunks; a shorter word that does not fit moves whole
+to the next chunk.
+
+Not handled yet: `embedding:name` textual-inversion references are tokenized as plain text.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from transformers import PreTrainedTokenizerBase
+
+EMPHASIS = 1.1
+CHUNK_LENGTH = 77
+LONG_WORD = 8  # a word with at least this many tokens may be split across chunks
+# Private-use characters stand in for escaped parentheses while the structure is parsed.
+_LITERAL_OPEN, _LITERAL_CLOSE = "\ue000", "\ue001"
+
+TokenWeights = list[tuple[int, float]]
+
+
+def _protect_escapes(text: str) -> str:
+    out, i = [], 0
+    while i < len(text):
+        pair = text[i : i + 2]
+        if pair in ("\\(", "\\)"):
+            out.append(_LITERAL_OPEN if pair == "\\(" else _LITERAL_CLOSE)
+            i += 2
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
+
+
+def _restore_escapes(text: str) -> str:
+    return text.replace(_LITERAL_OPEN, "(").replace(_LITERAL_CLOSE, ")")
+
+
+def _top_level_pieces(text: str) -> list[str]:
+    """Split into plain runs and outermost `( … )` groups, by a depth counter.
+
+    The counter may go negative on a stray `)`; a group only starts at depth 0 and ends when
+    the depth returns to 0, which is how ComfyUI treats unbalanced input.
+    """
+    pieces: list[str] = []
+    current, depth = "", 0
+    for ch in text:
+        if ch == "(" and depth == 0 and current:
+            pieces.append(current)
+            current = ""
+        current += ch
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+            if depth == 0:
+                pieces.append(current)
+                current = ""
+    if current:
+        pieces.append(current)
+    return pieces
+
+
+def _weighted(text: str, weight: float) -> list[tuple[str, float]]:
+    out: list[tuple[str, float]] = []
+    for piece in _top_level_pieces(text):
+        if len(piece) < 2 or piece[0] != "(" or piece[-1] != ")":
+            out.append((piece, weight))
+            continue
+        inner, inner_weight = piece[1:-1], weight * EMPHASIS
+        colon = inner.rfind(":")
+        if colon > 0:  # a leading colon is text, not a weight
+            try:
+                inner, inner_weight = inner[:colon], float(inner[colon + 1 :])
+            except ValueError:
+                pass  # "(a:b)" is text emphasised by 1.1
+        out.extend(_weighted(inner, inner_weight))
+    return out
+
+
+def parse_prompt_weights(text: str) -> list[tuple[str, float]]:
+    """Split a prompt into (text segment, weight) pairs, in order, escapes resolved."""
+    return [(_restore_escapes(segment), w) for segment, w in _weighted(_protect_escapes(text), 1.0)]
+
+
+def _pack_chunks(words: Sequence[TokenWeights], start: int, end: int, pad: int) -> list[TokenWeights]:
+    room = CHUNK_LENGTH - 2
+    chunks: list[TokenWeights] = []
+    body: TokenWeights = []
+    for word in words:
+        splittable = len(word) >= LONG_WORD
+        while word:
+            if len(body) + len(word) <= room:
+                body.extend(word)
+                break
+            if splittable:
+                free = room - len(body)
+                body.extend(word[:free])
+                word = word[free:]
+            chunks.append(body)
+            body = []
+    chunks.append(body)
+    return [[(start, 1.0), *b, (end, 1.0)] + [(pad, 1.0)] * (room - len(b)) for b in chunks]
+
+
+def tokenize_with_weights(tokenizer: PreTrainedTokenizerBase, text: str) -> list[TokenWeights]:
+    """ComfyUI's chunks for a prompt: a list of 77 (token id, weight) pairs per chunk.
+
+    Start, end and padding tokens weigh 1.0. The empty prompt gives one chunk (start, end, padding).
+    """
+    words: list[str] = []
+    weights: list[float] = []
+    for segment, weight in parse_prompt_weights(text):
+        for word in segment.replace("\n", " ").split(" "):
+            if word:
+                words.append(word)
+                weights.append(weight)
+    ids = tokenizer(words, add_special_tokens=False, verbose=False)["input_ids"] if words else []
+    tokens = [[(t, w) for t in word_ids] for word_ids, w in zip(ids, weights, strict=True)]
+    end = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end
+    return _pack_chunks(tokens, tokenizer.bos_token_id, end, pad)

@@ -1,0 +1,156 @@
+"""Where files live: ComfyUI's folder layout, `extra_model_paths.yaml`, and one safe path resolver.
+
+Model folders are keyed as in ComfyUI (`checkpoints`, `loras`, `vae`, `controlnet`,
+`upscale_models`, `embeddings`, …). Every user-supplied relative path goes through
+`resolve_within`, which refuses anything that would leave its root.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MODEL_EXTENSIONS = (".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+MODEL_FOLDERS = ("checkpoints", "loras", "vae", "text_encoders", "diffusion_models", "embeddings", "controlnet",
+                 "upscale_models", "vae_approx", "clip_vision", "configs")
+# ComfyUI's legacy folder names that point at a canonical key.
+ALIASES = {"unet": "diffusion_models", "clip": "text_encoders", "t2i_adapter": "controlnet"}
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class UnsafePath(ValueError):
+    """A user-supplied path that would leave its root (.., absolute, NUL, escaping symlink)."""
+
+
+@dataclass
+class Folders:
+    base: Path
+    output: Path
+    input: Path
+    temp: Path
+    user: Path
+    models: dict[str, list[Path]] = field(default_factory=dict)
+
+
+def _default_folders(base: Path) -> Folders:
+    models = {key: [base / "models" / key] for key in MODEL_FOLDERS}
+    models["diffusion_models"].append(base / "models" / "unet")
+    models["text_encoders"].append(base / "models" / "clip")
+    models["controlnet"].append(base / "models" / "t2i_adapter")
+    return Folders(base, base / "output", base / "input", base / "temp", base / "user", models)
+
+
+FOLDERS = _default_folders(Path(os.environ.get("SUMI_BASE_DIR", REPO_ROOT)))
+
+
+def configure(base_dir: str | os.PathLike | None = None, *, output_dir: str | os.PathLike | None = None,
+              input_dir: str | os.PathLike | None = None, temp_dir: str | os.PathLike | None = None,
+              extra_model_paths: list[str | os.PathLike] = ()) -> Folders:
+    """Set the process-wide folders; `extra_model_paths.yaml` beside the base dir is always read."""
+    global FOLDERS
+    base = Path(base_dir).resolve() if base_dir else FOLDERS.base
+    folders = _default_folders(base)
+    if output_dir:
+        folders.output = Path(output_dir).resolve()
+    if input_dir:
+        folders.input = Path(input_dir).resolve()
+    if temp_dir:
+        folders.temp = Path(temp_dir).resolve()
+    configs = [base / "extra_model_paths.yaml", *map(Path, extra_model_paths)]
+    for config in configs:
+        if config.is_file():
+            for key, paths in read_extra_model_paths(config).items():
+                folders.models.setdefault(key, []).extend(paths)
+    FOLDERS = folders
+    return folders
+
+
+def read_extra_model_paths(config: Path) -> dict[str, list[Path]]:
+    """ComfyUI's extra_model_paths.yaml: named sections of `folder_key: path(s)`, optional base_path."""
+    import yaml
+
+    data = yaml.safe_load(config.read_text()) or {}
+    found: dict[str, list[Path]] = {}
+    for section in data.values():
+        if not isinstance(section, dict):
+            continue
+        base = section.get("base_path")
+        root = Path(os.path.expandvars(os.path.expanduser(base))) if base else config.parent
+        if not root.is_absolute():
+            root = config.parent / root
+        for key, value in section.items():
+            if key in ("base_path", "is_default") or not isinstance(value, str):
+                continue
+            key = ALIASES.get(key, key)
+            for line in value.splitlines():
+                line = line.strip()
+                if line:
+                    path = Path(os.path.expandvars(os.path.expanduser(line)))
+                    found.setdefault(key, []).append(path if path.is_absolute() else root / path)
+    return found
+
+
+def resolve_within(root: Path, relative: str) -> Path:
+    """`root/relative`, refusing anything that escapes root once symlinks are resolved."""
+    if not isinstance(relative, str) or "\x00" in relative:
+        raise UnsafePath(f"refused path {relative!r}: not a plain string")
+    if relative.startswith(("/", "\\")) or os.path.isabs(relative) or (len(relative) > 1 and relative[1] == ":"):
+        raise UnsafePath(f"refused path {relative!r}: absolute paths are not allowed")
+    if ".." in Path(relative.replace("\\", "/")).parts:
+        raise UnsafePath(f"refused path {relative!r}: '..' is not allowed")
+    root = root.resolve()
+    target = (root / relative).resolve()
+    if target != root and root not in target.parents:
+        raise UnsafePath(f"refused path {relative!r}: it leaves {root}")
+    return target
+
+
+def model_dirs(kind: str) -> list[Path]:
+    return FOLDERS.models.get(ALIASES.get(kind, kind), [])
+
+
+def list_models(kind: str, extensions: tuple[str, ...] = MODEL_EXTENSIONS) -> list[str]:
+    """Relative names (subfolders with '/') of the model files of one kind, sorted, first folder wins."""
+    names: dict[str, None] = {}
+    for folder in model_dirs(kind):
+        if not folder.is_dir():
+            continue
+        for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for name in sorted(filenames):
+                if name.lower().endswith(extensions):
+                    rel = os.path.relpath(os.path.join(dirpath, name), folder).replace(os.sep, "/")
+                    names.setdefault(rel, None)
+    return sorted(names)
+
+
+def find_model(kind: str, name: str) -> Path | None:
+    for folder in model_dirs(kind):
+        try:
+            path = resolve_within(folder, name)
+        except UnsafePath:
+            return None
+        if path.is_file():
+            return path
+    return None
+
+
+def missing_model_hint(kind: str):  # noqa: ANN201 - returns a hint function for Input.missing_hint
+    def hint(name: object) -> str:
+        searched = ", ".join(str(p) for p in model_dirs(kind)) or "(no folders configured)"
+        return f"model file {name!r} was not found; searched {kind} folders: {searched}"
+    return hint
+
+
+def list_input_files(extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> list[str]:
+    root = FOLDERS.input
+    if not root.is_dir():
+        return []
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.lower().endswith(extensions):
+                out.append(os.path.relpath(os.path.join(dirpath, name), root).replace(os.sep, "/"))
+    return sorted(out)
