@@ -91,14 +91,20 @@ def read_extra_model_paths(config: Path) -> dict[str, list[Path]]:
     return found
 
 
-def resolve_within(root: Path, relative: str) -> Path:
-    """`root/relative`, refusing anything that escapes root once symlinks are resolved."""
+def resolve_within(root: Path, relative: str, *, trust_symlinks: bool = False) -> Path:
+    """`root/relative`, refusing anything that escapes root once symlinks are resolved.
+
+    `trust_symlinks` is for model folders, where users link files kept elsewhere on purpose; the name
+    itself still may not climb out with `..` or be absolute.
+    """
     if not isinstance(relative, str) or "\x00" in relative:
         raise UnsafePath(f"refused path {relative!r}: not a plain string")
     if relative.startswith(("/", "\\")) or os.path.isabs(relative) or (len(relative) > 1 and relative[1] == ":"):
         raise UnsafePath(f"refused path {relative!r}: absolute paths are not allowed")
     if ".." in Path(relative.replace("\\", "/")).parts:
         raise UnsafePath(f"refused path {relative!r}: '..' is not allowed")
+    if trust_symlinks:
+        return root / relative
     root = root.resolve()
     target = (root / relative).resolve()
     if target != root and root not in target.parents:
@@ -128,7 +134,7 @@ def list_models(kind: str, extensions: tuple[str, ...] = MODEL_EXTENSIONS) -> li
 def find_model(kind: str, name: str) -> Path | None:
     for folder in model_dirs(kind):
         try:
-            path = resolve_within(folder, name)
+            path = resolve_within(folder, name, trust_symlinks=True)
         except UnsafePath:
             return None
         if path.is_file():
@@ -136,7 +142,7 @@ def find_model(kind: str, name: str) -> Path | None:
     return None
 
 
-def missing_model_hint(kind: str):  # noqa: ANN201 - returns a hint function for Input.missing_hint
+def missing_model_hint(kind: str):
     def hint(name: object) -> str:
         searched = ", ".join(str(p) for p in model_dirs(kind)) or "(no folders configured)"
         return f"model file {name!r} was not found; searched {kind} folders: {searched}"

@@ -1,0 +1,136 @@
+"""Images: VAE decode/encode, loading inputs, saving outputs with their workflow in the PNG."""
+from __future__ import annotations
+
+import random
+import string
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, ImageSequence
+from PIL.PngImagePlugin import PngInfo
+
+from executor.schema import Determinism, Input, Node, Output, Result
+
+from . import paths
+from .saving import file_sha256, metadata_chunks, output_slot
+
+
+class VAEDecode(Node):
+    type = "VAEDecode"
+    display_name = "VAE Decode"
+    category = "latent"
+    description = "Decodes latents into images."
+    inputs = (Input("samples", "LATENT", tooltip="The latent to be decoded."),
+              Input("vae", "VAE", tooltip="The VAE model used for decoding the latent."))
+    outputs = (Output("IMAGE", tooltip="The decoded image."),)
+
+    def run(self, ctx: Any, samples: dict[str, Any], vae: Any) -> tuple[Any, ...]:
+        return (vae.decode(samples["samples"]),)
+
+
+class VAEEncode(Node):
+    type = "VAEEncode"
+    display_name = "VAE Encode"
+    category = "latent"
+    description = "Encodes images into latents (alpha dropped; cropped to a multiple of 8)."
+    inputs = (Input("pixels", "IMAGE"), Input("vae", "VAE"))
+    outputs = (Output("LATENT"),)
+
+    def run(self, ctx: Any, pixels: torch.Tensor, vae: Any) -> tuple[Any, ...]:
+        h, w = pixels.shape[1] // 8 * 8, pixels.shape[2] // 8 * 8
+        top, left = (pixels.shape[1] % 8) // 2, (pixels.shape[2] % 8) // 2
+        return ({"samples": vae.encode(pixels[:, top:top + h, left:left + w, :])},)
+
+
+def image_files() -> list[str]:
+    return paths.list_input_files()
+
+
+def _input_path(name: str) -> Any:
+    return paths.resolve_within(paths.FOLDERS.input, name)
+
+
+class LoadImage(Node):
+    type = "LoadImage"
+    display_name = "Load Image"
+    category = "image"
+    description = "Loads an image from the input folder; its mask is 1 - alpha."
+    determinism = Determinism.VOLATILE
+    inputs = (Input("image", "COMBO", options=image_files, extra={"image_upload": True},
+                    missing_hint=lambda name: f"image {name!r} is not in the input folder {paths.FOLDERS.input}"),)
+    outputs = (Output("IMAGE"), Output("MASK"))
+
+    @classmethod
+    def fingerprint(cls, image: str) -> str:
+        return file_sha256(_input_path(image))
+
+    def run(self, ctx: Any, image: str) -> tuple[Any, ...]:
+        images, masks = [], []
+        with Image.open(_input_path(image)) as img:
+            for frame in ImageSequence.Iterator(img):
+                frame = ImageOps.exif_transpose(frame)
+                if frame.mode == "I":  # 16-bit greyscale
+                    frame = frame.point(lambda v: v * (1 / 255))
+                rgb = torch.from_numpy(np.asarray(frame.convert("RGB"), dtype=np.float32) / 255.0)
+                if images and rgb.shape != images[0].shape:
+                    continue  # frames of another size cannot share a batch
+                images.append(rgb)
+                if "A" in frame.getbands():
+                    alpha = np.asarray(frame.getchannel("A"), dtype=np.float32) / 255.0
+                    masks.append(1.0 - torch.from_numpy(alpha))
+                else:
+                    masks.append(torch.zeros((64, 64)))
+        return torch.stack(images), torch.stack(masks)
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """IMAGE → uint8 the way ComfyUI saves: 255·x clipped, then truncated (not rounded)."""
+    return np.clip(255.0 * images.float().cpu().numpy(), 0, 255).astype(np.uint8)
+
+
+def save_images(ctx: Any, images: torch.Tensor, prefix: str, kind: str, compress_level: int) -> Result:
+    root = paths.FOLDERS.output if kind == "output" else paths.FOLDERS.temp
+    folder, stem, subfolder, counter = output_slot(root, prefix, "png", images.shape[2], images.shape[1])
+    info = PngInfo()
+    for key, value in metadata_chunks(ctx.prompt, ctx.extra_pnginfo).items():
+        info.add_text(key, value)
+    saved = []
+    for index, pixels in enumerate(to_uint8(images)):
+        name = f"{stem.replace('%batch_num%', str(index))}_{counter:05}_.png"
+        Image.fromarray(pixels).save(folder / name, pnginfo=info, compress_level=compress_level)
+        saved.append({"filename": name, "subfolder": subfolder, "type": kind})
+        counter += 1
+    return Result((), {"images": saved})
+
+
+class SaveImage(Node):
+    type = "SaveImage"
+    display_name = "Save Image"
+    category = "image"
+    description = "Saves images to the output folder, with the workflow in the PNG."
+    output_node = True
+    hidden = ("prompt", "extra_pnginfo")
+    inputs = (Input("images", "IMAGE", tooltip="The images to save."),
+              Input("filename_prefix", "STRING", default="ComfyUI",
+                    tooltip="The prefix for the file to save; may contain subfolders and %width%/%height%."))
+
+    def run(self, ctx: Any, images: torch.Tensor, filename_prefix: str) -> Result:
+        return save_images(ctx, images, filename_prefix, "output", 4)
+
+
+class PreviewImage(Node):
+    type = "PreviewImage"
+    display_name = "Preview Image"
+    category = "image"
+    description = "Saves images to the temp folder for viewing."
+    output_node = True
+    hidden = ("prompt", "extra_pnginfo")
+    inputs = (Input("images", "IMAGE"),)
+
+    def run(self, ctx: Any, images: torch.Tensor) -> Result:
+        suffix = "".join(random.choice(string.ascii_lowercase) for _ in range(5))
+        return save_images(ctx, images, f"ComfyUI_temp_{suffix}", "temp", 1)
+
+
+NODES = (VAEDecode, VAEEncode, LoadImage, SaveImage, PreviewImage)
