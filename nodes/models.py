@@ -74,7 +74,11 @@ def load(path: Path) -> tuple[DiffusionModel, object, VAEModel]:
     sampling = ModelSamplingDiscrete(s["beta_start"], s["beta_end"], s["beta_schedule"],
                                      s["num_train_timesteps"]).to(policy.device)
     model = DiffusionModel(ckpt.unet, sampling, ckpt.latent_scale, policy.device, policy.unet_dtype())
-    text = ckpt.text_encoder.to(dtype=policy.text_dtype())
-    clip = ClipTextEncoder(text, load_clip_tokenizer())
-    vae = VAEModel(ckpt.vae.to(dtype=policy.vae_dtype()), policy.device, policy.vae_dtype())
+    clip = ClipTextEncoder(_as_dtype(ckpt.text_encoder, policy.text_dtype()), load_clip_tokenizer())
+    vae = VAEModel(_as_dtype(ckpt.vae, policy.vae_dtype()), policy.device, policy.vae_dtype())
     return model, clip, vae
+
+
+def _as_dtype(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    # Only cast when needed: diffusers warns on every .to(dtype), even a no-op one.
+    return module if next(module.parameters()).dtype == dtype else module.to(dtype=dtype)

@@ -160,3 +160,14 @@ def list_input_files(extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> list[str
             if name.lower().endswith(extensions):
                 out.append(os.path.relpath(os.path.join(dirpath, name), root).replace(os.sep, "/"))
     return sorted(out)
+
+
+def ensure_example_inputs() -> None:
+    """Copy the shipped example inputs (used by workflows/img2img.json) into the input folder if missing."""
+    import shutil
+
+    for src in sorted((REPO_ROOT / "workflows" / "inputs").glob("*")):
+        dest = FOLDERS.input / src.name
+        if not dest.exists():
+            FOLDERS.input.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dest)

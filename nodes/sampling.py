@@ -7,11 +7,11 @@ from executor.schema import Determinism, Input, Node, Output
 
 from .diffusion.sample import SAMPLER_NAMES, SCHEDULER_NAMES, ksample, prepare_noise
 
-SEED = dict(default=0, min=0, max=0xFFFFFFFFFFFFFFFF, extra={"control_after_generate": True},
-            tooltip="The random seed; noise is drawn on the CPU so a seed gives the same image on any device.")
-STEPS = dict(default=20, min=1, max=10000, tooltip="The number of denoising steps.")
-CFG = dict(default=8.0, min=0.0, max=100.0, step=0.1, round=0.01,
-           tooltip="Classifier-free guidance scale; 1.0 skips the negative prompt.")
+SEED = {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "extra": {"control_after_generate": True},
+            "tooltip": "The random seed; noise is drawn on the CPU so a seed gives the same image on any device."}
+STEPS = {"default": 20, "min": 1, "max": 10000, "tooltip": "The number of denoising steps."}
+CFG = {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
+           "tooltip": "Classifier-free guidance scale; 1.0 skips the negative prompt."}
 
 
 def _sample(ctx: Any, model: Any, seed: int, latent: dict[str, Any], **kwargs: Any) -> tuple[Any, ...]:

@@ -256,7 +256,7 @@ def test_node_error_is_an_event_not_a_crash(ex: Executor) -> None:
     events: list[Any] = []
     result = ex.run(prompt, on_event=events.append)
     assert result.status == "error"
-    err = [e for e in events if e.type == "execution_error"][0].data
+    err = next(e for e in events if e.type == "execution_error").data
     assert err["node_id"] == "2" and err["node_type"] == "Boom"
     assert err["exception_message"] == "kaboom" and err["exception_type"] == "builtins.RuntimeError"
     assert err["executed"] == ["1"] and any("kaboom" in line for line in err["traceback"])
@@ -278,7 +278,7 @@ def test_interrupt_at_progress(ex: Executor) -> None:
     result = ex.run(prompt, on_event=on_event)
     assert result.status == "interrupted"
     assert [e.data["value"] for e in events if e.type == "progress"] == [1, 2]
-    last = [e for e in events if e.type == "execution_interrupted"][0].data
+    last = next(e for e in events if e.type == "execution_interrupted").data
     assert last["node_id"] == "2" and last["executed"] == ["1"]
     assert isinstance(ex.interrupt_flag, threading.Event)
 

@@ -1,0 +1,283 @@
+"""Sumi's command line: run, validate and list nodes.
+
+    python main.py run WORKFLOW.json [--set NODE.INPUT=VALUE[,VALUE…]]… [--output-dir DIR] [--json]
+    python main.py validate WORKFLOW.json [--json]
+    python main.py nodes [--json]
+
+Exit status: 0 success, 1 a run-time error, 2 an invalid workflow or command line.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+EXIT_OK, EXIT_RUNTIME, EXIT_INVALID = 0, 1, 2
+
+
+class UsageError(Exception):
+    """A command-line problem (bad --set, unreadable workflow): exit 2 with one clear line."""
+
+
+def load_workflow(path: str) -> dict[str, Any]:
+    """API-format JSON, or a PNG written by Sumi or ComfyUI (its `prompt` text chunk)."""
+    file = Path(path)
+    if not file.is_file():
+        raise UsageError(f"workflow file not found: {path}")
+    if file.suffix.lower() == ".png":
+        from PIL import Image
+
+        with Image.open(file) as img:
+            text = img.info.get("prompt")
+        if text is None:
+            raise UsageError(f"{path} carries no `prompt` metadata")
+        return json.loads(text)
+    try:
+        data = json.loads(file.read_text())
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{path} is not valid JSON: {exc}") from exc
+    if isinstance(data, dict) and isinstance(data.get("prompt"), dict):
+        data = data["prompt"]  # a saved POST /prompt body
+    if isinstance(data, dict) and "nodes" in data and "links" in data:
+        raise UsageError(f"{path} is in the editor's graph format; export it in API format (Save (API))")
+    return data
+
+
+def resolve_node(prompt: dict[str, Any], ref: str) -> str:
+    """A node id, or a title or class_type that names exactly one node."""
+    if ref in prompt:
+        return ref
+    for field in ("title", "class_type"):
+        hits = [nid for nid, node in prompt.items() if isinstance(node, dict)
+                and (node.get("_meta", {}).get("title") if field == "title" else node.get("class_type")) == ref]
+        if len(hits) == 1:
+            return hits[0]
+        if len(hits) > 1:
+            raise UsageError(f"--set: {ref!r} names {len(hits)} nodes ({', '.join(hits)}); use a node id")
+    raise UsageError(f"--set: no node with id, title or class_type {ref!r}")
+
+
+def parse_sets(prompt: dict[str, Any], sets: list[str], registry: Any) -> list[tuple[str, str, list[Any]]]:
+    """--set NODE.INPUT=V1,V2 → [(node_id, input, [values])]; repeating a key adds values (for text)."""
+    merged: dict[tuple[str, str], list[Any]] = {}
+    for item in sets:
+        key, eq, raw = item.partition("=")
+        node_ref, dot, name = key.rpartition(".")
+        if not eq or not dot or not name:
+            raise UsageError(f"--set {item!r}: expected NODE.INPUT=VALUE")
+        nid = resolve_node(prompt, node_ref)
+        cls = registry.get(prompt[nid].get("class_type"))
+        inp = cls.input(name) if cls else None
+        if cls and inp is None:
+            raise UsageError(f"--set {item!r}: {cls.type} has no input {name!r}; it has "
+                             + ", ".join(i.name for i in cls.inputs))
+        if inp is not None and inp.type == "STRING":
+            values = [raw]  # prompts contain commas: text sweeps repeat --set instead
+        else:
+            values = [_literal(v) for v in raw.split(",")]
+        merged.setdefault((nid, name), []).extend(values)
+    return [(nid, name, values) for (nid, name), values in merged.items()]
+
+
+def _literal(text: str) -> Any:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return text
+    return value if isinstance(value, (int, float, bool)) else text
+
+
+def variants(prompt: dict[str, Any], sets: list[tuple[str, str, list[Any]]]) -> list[tuple[dict[str, Any], str]]:
+    """Every combination of the swept values, with a label such as `5.seed=2 6.text='a cat'`."""
+    combos = itertools.product(*(values for _, _, values in sets)) if sets else [()]
+    out = []
+    for combo in combos:
+        p = json.loads(json.dumps(prompt))
+        for (nid, name, _), value in zip(sets, combo, strict=True):
+            p[nid].setdefault("inputs", {})[name] = value
+        out.append((p, " ".join(f"{nid}.{name}={value!r}" for (nid, name, _), value in zip(sets, combo,
+                                                                                             strict=True))))
+    return out
+
+
+def configure(args: argparse.Namespace) -> None:
+    from nodes import paths
+
+    paths.configure(args.base_directory, output_dir=args.output_dir,
+                    extra_model_paths=args.extra_model_paths_config or [])
+    paths.ensure_example_inputs()
+
+
+class Progress:
+    """One status line on a terminal's stderr; silent when stderr is not a terminal."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.enabled = sys.stderr.isatty()
+        self.node = ""
+
+    def __call__(self, event: Any) -> None:
+        if not self.enabled:
+            return
+        if event.type == "executing" and event.data.get("node"):
+            self.node = f"node {event.data['node']}"
+            self._show(f"{self.node} …")
+        elif event.type == "progress":
+            v, m = event.data["value"], event.data["max"]
+            bar = "#" * int(20 * v / m)
+            self._show(f"{self.node} [{bar:<20}] {v}/{m}")
+        elif event.type == "executing":
+            sys.stderr.write("\r\033[K")
+
+    def _show(self, text: str) -> None:
+        sys.stderr.write(f"\r\033[K{self.label}{text}"[:200])
+        sys.stderr.flush()
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=repr))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    configure(args)
+    from executor.errors import ValidationFailed
+    from executor.runner import Executor
+    from nodes import build_registry, devices, paths
+
+    devices.configure(args.device, args.precision, args.threads)
+    registry = build_registry()
+    prompt = load_workflow(args.workflow)
+    runs = variants(prompt, parse_sets(prompt, args.set or [], registry))
+    executor = Executor(registry)
+    prepared = []
+    for p, label in runs:
+        try:
+            prepared.append((executor.prepare(p), p, label))
+        except ValidationFailed as failed:
+            return report_invalid(failed, args.json, label)
+    status = EXIT_OK
+    started = time.perf_counter()
+    for index, (valid, p, label) in enumerate(prepared):
+        tag = f"[{index + 1}/{len(prepared)}] " if len(prepared) > 1 else ""
+        progress = Progress(tag)
+
+        def on_event(event: Any, progress: Progress = progress) -> None:
+            if event.type == "preview":
+                return
+            if args.json:
+                print(json.dumps(_jsonable(event.to_dict())), flush=True)
+            else:
+                progress(event)
+
+        t0 = time.perf_counter()
+        result = executor.execute(valid, p, on_event=on_event)
+        if result.status != "success":
+            status = EXIT_RUNTIME
+            if not args.json:
+                err = result.error or {}
+                print(f"{tag}{label} {result.status} in node {err.get('node_id')} ({err.get('node_type')}): "
+                      f"{err.get('exception_message', 'interrupted')}", file=sys.stderr)
+            continue
+        if not args.json:
+            for ui in result.outputs.values():
+                for item in ui.get("images", []) + ui.get("latents", []):
+                    root = paths.FOLDERS.output if item["type"] == "output" else paths.FOLDERS.temp
+                    print(root / item["subfolder"] / item["filename"])
+            print(f"{tag}{label + ': ' if label else ''}ran {len(result.ran)} node(s), "
+                  f"{len(result.cached)} cached, {time.perf_counter() - t0:.2f}s", file=sys.stderr)
+    if not args.json and len(prepared) > 1:
+        print(f"{len(prepared)} runs in {time.perf_counter() - started:.2f}s", file=sys.stderr)
+    return status
+
+
+def report_invalid(failed: Any, as_json: bool, label: str = "") -> int:
+    if as_json:
+        print(json.dumps({"type": "validation_error", "data": {
+            "variant": label, "errors": [_jsonable(e.to_dict()) for e in failed.errors],
+            "node_errors": _jsonable(failed.by_node())}}))
+    else:
+        head = f"invalid workflow{' (' + label + ')' if label else ''}: {len(failed.errors)} error(s)"
+        print(head, file=sys.stderr)
+        for err in failed.errors:
+            print("  " + err.render().replace("\n", "\n  "), file=sys.stderr)
+    return EXIT_INVALID
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    configure(args)
+    from executor.errors import ValidationFailed
+    from executor.runner import Executor
+    from nodes import build_registry
+
+    prompt = load_workflow(args.workflow)
+    try:
+        Executor(build_registry()).prepare(prompt)
+    except ValidationFailed as failed:
+        return report_invalid(failed, args.json)
+    print(json.dumps({"type": "valid", "data": {"nodes": len(prompt)}}) if args.json else f"{args.workflow}: valid")
+    return EXIT_OK
+
+
+def cmd_nodes(args: argparse.Namespace) -> int:
+    configure(args)
+    from nodes import build_registry
+
+    registry = build_registry()
+    for module, error in registry.failed.items():
+        print(f"warning: node module {module} failed to load:\n{error}", file=sys.stderr)
+    info = registry.object_info()
+    if args.json:
+        print(json.dumps(info, indent=1))
+    else:
+        for name, node in info.items():
+            print(f"{name:28} {node['category']:14} {node['display_name']}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="main.py", description="Sumi: run Stable Diffusion node workflows.")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--base-directory", help="folder holding models/, input/, output/ (default: this repo)")
+    common.add_argument("--extra-model-paths-config", action="append", metavar="YAML",
+                        help="an extra_model_paths.yaml (ComfyUI's format); repeatable")
+    common.add_argument("--output-dir", help="where SaveImage writes (default: BASE/output)")
+    common.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", parents=[common], help="run a workflow (API-format JSON or a PNG from SaveImage)")
+    run.add_argument("workflow")
+    run.add_argument("--set", action="append", metavar="NODE.INPUT=VALUE[,VALUE…]",
+                     help="override an input; NODE is an id, a title or a unique class_type; comma-separated "
+                          "values sweep (text inputs: repeat --set instead)")
+    run.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    run.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
+                     help="model dtype (auto: fp16/bf16 on capable GPUs, fp32 on CPU)")
+    run.add_argument("--threads", type=int, help="torch CPU threads")
+    run.set_defaults(func=cmd_run)
+
+    validate = sub.add_parser("validate", parents=[common], help="check a workflow without running it")
+    validate.add_argument("workflow")
+    validate.set_defaults(func=cmd_validate)
+
+    nodes = sub.add_parser("nodes", parents=[common], help="list node types (--json: /object_info shape)")
+    nodes.set_defaults(func=cmd_nodes)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never the network
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+
+
+if __name__ == "__main__":
+    sys.exit(main())
