@@ -214,7 +214,7 @@ class Executor:
                             "node_type": wf.nodes[current].class_type if current else None,
                             "executed": list(result.ran), "timestamp": _now_ms()}
             emit(Event("execution_interrupted", result.error))
-        except Exception as exc:  # noqa: BLE001 - a failing node becomes an event, never a crash
+        except Exception as exc:
             result.status = "error"
             message = str(exc)
             if _is_oom(exc):

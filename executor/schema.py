@@ -18,7 +18,7 @@ WIDGET_TYPES = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"})
 ANY = "*"
 
 
-class Determinism(str, enum.Enum):
+class Determinism(enum.StrEnum):
     PURE = "pure"  # same inputs, same outputs
     SEEDED = "seeded"  # pure given its seed input, which is part of its inputs
     VOLATILE = "volatile"  # depends on the world; `fingerprint` says when it changed
@@ -171,7 +171,7 @@ class Registry:
             try:
                 module = importlib.import_module(name)
                 self.register(*module.NODES)
-            except Exception:  # noqa: BLE001 - any import failure is reported and skipped
+            except Exception:
                 self.failed[name] = traceback.format_exc(limit=3)
 
     def get(self, type_name: str) -> type[Node] | None:

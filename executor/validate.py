@@ -81,7 +81,7 @@ def _check_constant(spec: NodeSpec, inp: Input, value: Any, errors: list[NodeErr
     if inp.is_combo:
         choices = inp.choices()
         if value not in choices:
-            shown = choices if len(choices) <= 20 else choices[:20] + ["…"]
+            shown = choices if len(choices) <= 20 else [*choices[:20], "…"]
             hint = inp.missing_hint(value) if inp.missing_hint else ""
             close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=3)
             if close and not hint:

@@ -10,7 +10,6 @@ from typing import Any
 
 from .errors import NodeError
 
-
 # Stands in for an input whose value could not be parsed (its error is already reported).
 INVALID = type("Invalid", (), {"__repr__": lambda self: "<invalid>"})()
 

@@ -141,7 +141,7 @@ def _open(path: Path) -> Iterator[_Lazy]:
         try:
             f = safe_open(str(path), framework="pt", device="cpu")
             meta = {}
-            for k in f.keys():  # noqa: SIM118 - safe_open is not iterable
+            for k in f.keys():
                 s = f.get_slice(k)
                 meta[k] = torch.empty(s.get_shape(), dtype=_ST_DTYPES[s.get_dtype()], device="meta")
         except (SafetensorError, KeyError, OSError) as e:
@@ -241,7 +241,8 @@ def _unet_facts(u: Mapping[str, torch.Tensor]) -> dict[str, Any]:
         if f"input_blocks.{i}.0.op.weight" in u:
             levels.append([])
         elif f"input_blocks.{i}.0.out_layers.3.weight" in u:
-            levels[-1].append((u[f"input_blocks.{i}.0.out_layers.3.weight"].shape[0], depth.get(f"input_blocks.{i}.1", 0)))
+            width = u[f"input_blocks.{i}.0.out_layers.3.weight"].shape[0]
+            levels[-1].append((width, depth.get(f"input_blocks.{i}.1", 0)))
         else:
             raise CheckpointError(f"input block {i} is neither a resblock nor a downsampler")
     if any(len(set(lvl)) != 1 for lvl in levels):

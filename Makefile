@@ -1,0 +1,35 @@
+# Two set-up commands (see README): `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: run test install lint bench clean-outputs
+
+$(STAMP): requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements.txt
+	# Only the CLIP BPE vocabulary file is used from this wheel; its torchvision dependency is not wanted.
+	$(PY) -m pip install -q --no-deps clip-anytorch==2.6.0
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Installs, builds the embedded tiny model on first use, runs the default workflow, prints the image path.
+run: $(STAMP)
+	$(PY) main.py run workflows/txt2img.json
+
+# Installs, then runs every test (the parity suite builds the 2.1 GB reference checkpoint once into
+# ~/.cache/sumi; SUMI_SKIP_SLOW=1 skips it and says so).
+test: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) -m pytest
+	$(PY) -m ruff check .
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+bench: $(STAMP)
+	$(PY) benchmarks/txt2img.py
+
+clean-outputs:
+	rm -rf output temp
