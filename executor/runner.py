@@ -20,7 +20,7 @@ from .cache import Cache
 from .errors import ValidationFailed
 from .fingerprint import Uncacheable, signature
 from .schema import Determinism, Registry, Result
-from .validate import ValidPrompt, _id_key, graph_of, validate
+from .validate import ValidPrompt, ancestors_of, graph_of, id_order, validate
 from .workflow import Link, Workflow, parse_api
 
 
@@ -239,11 +239,8 @@ class Executor:
 
 def plan(valid: ValidPrompt) -> list[str]:
     """The ancestors of the requested outputs, in a stable topological order."""
-    g = graph_of(valid.workflow)
-    keep = set(valid.outputs)
-    for out in valid.outputs:
-        keep |= nx.ancestors(g, out)
-    return list(nx.lexicographical_topological_sort(g.subgraph(keep), key=_id_key))
+    keep = ancestors_of(valid.workflow, valid.outputs)
+    return list(nx.lexicographical_topological_sort(graph_of(valid.workflow, keep), key=id_order))
 
 
 def _short(value: Any) -> str:

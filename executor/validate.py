@@ -180,20 +180,20 @@ def validate(wf: Workflow, registry: Registry, targets: list[str] | None = None)
         errors.append(NodeError("prompt_no_outputs", "Prompt has no outputs",
                                 hint="add an output node such as SaveImage or PreviewImage"))
     reachable = ancestors_of(wf, outputs)
-    for nid in sorted(reachable, key=_id_key):
+    for nid in sorted(reachable, key=id_order):
         if nid in classes:
             _check_node(wf.nodes[nid], classes[nid], wf, registry, errors)
     g = graph_of(wf, reachable)
     for component in nx.strongly_connected_components(g):
         if len(component) > 1 or any(g.has_edge(n, n) for n in component):
-            ring = sorted(component, key=_id_key)
+            ring = sorted(component, key=id_order)
             for nid in ring:
                 errors.append(NodeError("dependency_cycle", "Dependency cycle detected: nodes "
                                         + ", ".join(ring) + " depend on each other", nid,
                                         wf.nodes[nid].class_type, expected="an acyclic graph", received=ring))
-    return ValidPrompt(wf, sorted(outputs, key=_id_key), classes), errors
+    return ValidPrompt(wf, sorted(outputs, key=id_order), classes), errors
 
 
-def _id_key(node_id: str) -> tuple[int, Any]:
+def id_order(node_id: str) -> tuple[int, Any]:
     """Numeric ids in numeric order, others after them by text."""
     return (0, int(node_id)) if node_id.isdigit() else (1, node_id)
