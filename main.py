@@ -24,28 +24,39 @@ class UsageError(Exception):
     """A command-line problem (bad --set, unreadable workflow): exit 2 with one clear line."""
 
 
-def load_workflow(path: str) -> dict[str, Any]:
-    """API-format JSON, or a PNG written by Sumi or ComfyUI (its `prompt` text chunk)."""
+def load_workflow(path: str, registry: Any) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(API prompt, editor graph or None) from API-format JSON, the editor's graph JSON, a saved
+    POST /prompt body, or a PNG written by Sumi or ComfyUI (its `prompt`/`workflow` text chunks)."""
+    from executor.errors import ValidationFailed
+    from executor.ui_format import is_ui_format, ui_to_api
+
     file = Path(path)
     if not file.is_file():
         raise UsageError(f"workflow file not found: {path}")
+    graph = None
     if file.suffix.lower() == ".png":
         from PIL import Image
 
         with Image.open(file) as img:
-            text = img.info.get("prompt")
-        if text is None:
-            raise UsageError(f"{path} carries no `prompt` metadata")
-        return json.loads(text)
-    try:
-        data = json.loads(file.read_text())
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"{path} is not valid JSON: {exc}") from exc
-    if isinstance(data, dict) and isinstance(data.get("prompt"), dict):
-        data = data["prompt"]  # a saved POST /prompt body
-    if isinstance(data, dict) and "nodes" in data and "links" in data:
-        raise UsageError(f"{path} is in the editor's graph format; export it in API format (Save (API))")
-    return data
+            chunks = {k: img.info.get(k) for k in ("prompt", "workflow")}
+        if not any(chunks.values()):
+            raise UsageError(f"{path} carries no `prompt` or `workflow` metadata")
+        graph = json.loads(chunks["workflow"]) if chunks["workflow"] else None
+        data = json.loads(chunks["prompt"]) if chunks["prompt"] else graph
+    else:
+        try:
+            data = json.loads(file.read_text())
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"{path} is not valid JSON: {exc}") from exc
+        if isinstance(data, dict) and isinstance(data.get("prompt"), dict):
+            graph = ((data.get("extra_data") or {}).get("extra_pnginfo") or {}).get("workflow")
+            data = data["prompt"]  # a saved POST /prompt body
+    if is_ui_format(data):
+        graph = data
+        data, errors = ui_to_api(data, registry)
+        if errors:
+            raise ValidationFailed(errors)
+    return data, graph
 
 
 def resolve_node(prompt: dict[str, Any], ref: str) -> str:
@@ -151,7 +162,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     devices.configure(args.device, args.precision, args.threads)
     registry = build_registry()
-    prompt = load_workflow(args.workflow)
+    try:
+        prompt, graph = load_workflow(args.workflow, registry)
+    except ValidationFailed as failed:
+        return report_invalid(failed, args.json)
+    extra_data = {"extra_pnginfo": {"workflow": graph}} if graph else None
     runs = variants(prompt, parse_sets(prompt, args.set or [], registry))
     executor = Executor(registry)
     prepared = []
@@ -175,7 +190,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 progress(event)
 
         t0 = time.perf_counter()
-        result = executor.execute(valid, p, on_event=on_event)
+        result = executor.execute(valid, p, extra_data=extra_data, on_event=on_event)
         if result.status != "success":
             status = EXIT_RUNTIME
             if not args.json:
@@ -214,9 +229,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from executor.runner import Executor
     from nodes import build_registry
 
-    prompt = load_workflow(args.workflow)
+    registry = build_registry()
     try:
-        Executor(build_registry()).prepare(prompt)
+        prompt, _ = load_workflow(args.workflow, registry)
+        Executor(registry).prepare(prompt)
     except ValidationFailed as failed:
         return report_invalid(failed, args.json)
     print(json.dumps({"type": "valid", "data": {"nodes": len(prompt)}}) if args.json else f"{args.workflow}: valid")

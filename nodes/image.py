@@ -13,7 +13,7 @@ from PIL.PngImagePlugin import PngInfo
 from executor.schema import Determinism, Input, Node, Output, Result
 
 from . import paths
-from .saving import file_sha256, metadata_chunks, output_slot
+from .saving import input_fingerprint, metadata_chunks, output_slot
 
 
 class VAEDecode(Node):
@@ -63,7 +63,7 @@ class LoadImage(Node):
 
     @classmethod
     def fingerprint(cls, image: str) -> str:
-        return file_sha256(_input_path(image))
+        return input_fingerprint(image)
 
     def run(self, ctx: Any, image: str) -> tuple[Any, ...]:
         images, masks = [], []
@@ -72,6 +72,8 @@ class LoadImage(Node):
                 frame = ImageOps.exif_transpose(frame)
                 if frame.mode == "I":  # 16-bit greyscale
                     frame = frame.point(lambda v: v * (1 / 255))
+                if frame.mode == "P" and "transparency" in frame.info:  # palette transparency is alpha too
+                    frame = frame.convert("RGBA")
                 rgb = torch.from_numpy(np.asarray(frame.convert("RGB"), dtype=np.float32) / 255.0)
                 if images and rgb.shape != images[0].shape:
                     continue  # frames of another size cannot share a batch

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from executor.schema import Determinism, Input, Node, Output, Result
 
 from . import paths
-from .saving import file_sha256, metadata_chunks, output_slot
+from .saving import input_fingerprint, metadata_chunks, output_slot
 
 MAX_RESOLUTION = 16384
 UPSCALE_METHODS = ["nearest-exact", "bilinear", "area", "bicubic", "bislerp"]
@@ -93,6 +93,8 @@ class LatentUpscale(Node):
         elif height == 0:
             width = max(64, width)
             height = max(64, round(s.shape[-2] * width / s.shape[-1]))
+        else:  # as ComfyUI: each side is at least 64 pixels
+            width, height = max(64, width), max(64, height)
         return ({**samples, "samples": upscale(s, width // 8, height // 8, upscale_method, crop)},)
 
 
@@ -144,7 +146,7 @@ class LoadLatent(Node):
 
     @classmethod
     def fingerprint(cls, latent: str) -> str:
-        return file_sha256(paths.resolve_within(paths.FOLDERS.input, latent))
+        return input_fingerprint(latent)
 
     def run(self, ctx: Any, latent: str) -> tuple[Any, ...]:
         from safetensors.torch import load_file

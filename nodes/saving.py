@@ -9,6 +9,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from executor.fingerprint import Uncacheable
+
+from . import paths
 from .paths import resolve_within
 
 
@@ -51,3 +54,12 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def input_fingerprint(name: str) -> str:
+    """A volatile loader's fingerprint: the input file's hash. A file gone since validation makes the node
+    uncacheable, so it runs and fails as that node's error rather than breaking the whole run."""
+    try:
+        return file_sha256(resolve_within(paths.FOLDERS.input, name))
+    except OSError as exc:
+        raise Uncacheable(str(exc)) from exc

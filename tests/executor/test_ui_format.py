@@ -1,0 +1,96 @@
+"""The editor's graph format converts to API format with the node schemas: widget order, the seed's
+control value, converted widgets, reroutes, primitives, muted and bypassed nodes, both link schemas."""
+from __future__ import annotations
+
+from typing import Any
+
+from executor.schema import Input, Node, Output, Registry
+from executor.ui_format import is_ui_format, ui_to_api
+
+
+class Src(Node):
+    type = "Src"
+    inputs = (Input("seed", "INT", default=0, extra={"control_after_generate": True}), Input("scale", "FLOAT"),
+              Input("name", "COMBO", options=["a", "b"]))
+    outputs = (Output("IMG"),)
+
+
+class Filt(Node):
+    type = "Filt"
+    inputs = (Input("img", "IMG"), Input("strength", "FLOAT", default=1.0))
+    outputs = (Output("IMG"),)
+
+
+class Sink(Node):
+    type = "Sink"
+    output_node = True
+    inputs = (Input("img", "IMG"), Input("prefix", "STRING", default="x"))
+
+
+REG = Registry()
+REG.register(Src, Filt, Sink)
+
+
+def node(nid: int, kind: str, widgets: Any, inputs: list[dict[str, Any]] = (), mode: int = 0,
+         title: str | None = None) -> dict[str, Any]:
+    return {"id": nid, "type": kind, "mode": mode, "inputs": list(inputs), "outputs": [],
+            "widgets_values": widgets, **({"title": title} if title else {})}
+
+
+def graph(links: list[Any], *, filt_mode: int = 0) -> dict[str, Any]:
+    return {
+        "version": 0.4, "last_node_id": 9, "last_link_id": 9,
+        "nodes": [
+            node(1, "Src", [42, "randomize", 0.5, "b"], [{"name": "scale", "type": "FLOAT", "link": 5,
+                                                          "widget": {"name": "scale"}}], title="Source"),
+            node(2, "Filt", [0.25], [{"name": "img", "type": "IMG", "link": 1}], mode=filt_mode),
+            node(3, "Reroute", [], [{"name": "", "type": "*", "link": 2}]),
+            node(4, "Sink", ["out"], [{"name": "img", "type": "IMG", "link": 3}]),
+            node(5, "PrimitiveNode", [0.5], []),
+            node(6, "Sink", ["muted"], [{"name": "img", "type": "IMG", "link": 4}], mode=2),
+            node(7, "Note", ["a note"], []),
+        ],
+        "links": links,
+    }
+
+
+LINKS_04 = [[1, 1, 0, 2, 0, "IMG"], [2, 2, 0, 3, 0, "IMG"], [3, 3, 0, 4, 0, "IMG"], [4, 1, 0, 6, 0, "IMG"],
+            [5, 5, 0, 1, 1, "FLOAT"]]
+
+
+def test_converts_widgets_links_and_frontend_only_nodes() -> None:
+    data = graph(LINKS_04)
+    assert is_ui_format(data)
+    api, errors = ui_to_api(data, REG)
+    assert errors == []
+    assert api == {
+        "1": {"class_type": "Src", "inputs": {"seed": 42, "scale": 0.5, "name": "b"}, "_meta": {"title": "Source"}},
+        "2": {"class_type": "Filt", "inputs": {"strength": 0.25, "img": ["1", 0]}, "_meta": {"title": "Filt"}},
+        "4": {"class_type": "Sink", "inputs": {"prefix": "out", "img": ["2", 0]}, "_meta": {"title": "Sink"}},
+    }
+
+
+def test_schema_1_object_links_give_the_same_prompt() -> None:
+    objects = [{"id": a, "origin_id": b, "origin_slot": c, "target_id": d, "target_slot": e, "type": t}
+               for a, b, c, d, e, t in LINKS_04]
+    assert ui_to_api(graph(objects), REG) == ui_to_api(graph(LINKS_04), REG)
+
+
+def test_bypassed_node_routes_its_same_typed_input_through() -> None:
+    api, _ = ui_to_api(graph(LINKS_04, filt_mode=4), REG)
+    assert "2" not in api
+    assert api["4"]["inputs"]["img"] == ["1", 0]
+
+
+def test_subgraphs_are_refused_clearly() -> None:
+    data = graph(LINKS_04)
+    data["definitions"] = {"subgraphs": [{"id": "x"}]}
+    _, errors = ui_to_api(data, REG)
+    assert [e.type for e in errors] == ["invalid_prompt"] and "subgraph" in errors[0].message
+
+
+def test_unknown_types_are_kept_for_validation_to_report() -> None:
+    data = graph(LINKS_04)
+    data["nodes"].append(node(8, "Mystery", [1]))
+    api, _ = ui_to_api(data, REG)
+    assert api["8"]["class_type"] == "Mystery"
