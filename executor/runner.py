@@ -18,7 +18,7 @@ import networkx as nx
 
 from .cache import Cache
 from .errors import ValidationFailed
-from .fingerprint import Uncacheable, signature
+from .fingerprint import signature
 from .schema import Determinism, Registry, Result
 from .validate import ValidPrompt, ancestors_of, graph_of, id_order, validate
 from .workflow import Link, Workflow, parse_api
@@ -110,7 +110,7 @@ class Executor:
                 fp = cls.fingerprint(**constants) if cls.determinism is Determinism.VOLATILE else None
                 upstream = {k: (upstream_sigs[k], link.slot) for k, link in links.items() if k in upstream_sigs}
                 sigs[nid] = signature(cls.type, cls.version, constants, upstream, fp)
-            except Uncacheable:
+            except Exception:  # no fingerprint (e.g. a file gone): run it and let it fail itself
                 sigs[nid] = None
         return sigs
 

@@ -94,3 +94,18 @@ def test_unknown_types_are_kept_for_validation_to_report() -> None:
     data["nodes"].append(node(8, "Mystery", [1]))
     api, _ = ui_to_api(data, REG)
     assert api["8"]["class_type"] == "Mystery"
+
+
+def test_editor_save_of_the_default_workflow_converts_to_the_shipped_api_workflow() -> None:
+    """With Sumi's real node schemas: KSampler's seed control value skipped, widget order as the editor's."""
+    import json
+    from pathlib import Path
+
+    from nodes import build_registry
+
+    root = Path(__file__).resolve().parents[2]
+    ui = json.loads((root / "tests" / "fixtures" / "txt2img_ui.json").read_text())
+    api, errors = ui_to_api(ui, build_registry())
+    expected = json.loads((root / "workflows" / "txt2img.json").read_text())
+    assert errors == []
+    assert {k: v["inputs"] for k, v in api.items()} == {k: v["inputs"] for k, v in expected.items()}
