@@ -3,6 +3,7 @@
     python main.py run WORKFLOW.json [--set NODE.INPUT=VALUE[,VALUE…]]… [--output-dir DIR] [--json]
     python main.py validate WORKFLOW.json [--json]
     python main.py nodes [--json]
+    python main.py serve [--listen 127.0.0.1] [--port 8188] [--token T] [--enable-cors-header ORIGIN]
 
 Exit status: 0 success, 1 a run-time error, 2 an invalid workflow or command line.
 """
@@ -255,6 +256,44 @@ def cmd_nodes(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """ComfyUI's HTTP/websocket API over a durable queue (`<base>/user/sumi.db`)."""
+    import logging
+    import secrets
+
+    configure(args)
+    from aiohttp import web
+
+    from executor.dispatch import LocalDispatcher
+    from executor.queue import PromptStore
+    from executor.runner import Executor
+    from nodes import build_registry, devices, paths
+    from web import ServerConfig, create_app
+    from web.security import is_loopback
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    devices.configure(args.device, args.precision, args.threads)
+    user_dir = Path(args.user_directory) if args.user_directory else paths.FOLDERS.user
+    token = args.token
+    if token is None and not is_loopback(args.listen):
+        token = secrets.token_urlsafe(24)
+        print(f"listening on {args.listen} needs a token; this run's token: {token}", flush=True)
+    registry = build_registry()
+    for module, error in registry.failed.items():
+        print(f"warning: node module {module} failed to load:\n{error}", file=sys.stderr)
+    store = PromptStore(args.database or user_dir / "sumi.db")
+    dispatcher = LocalDispatcher(store, Executor(registry))
+    config = ServerConfig(listen=args.listen, port=args.port, token=token, cors_origin=args.enable_cors_header,
+                          max_upload_size=int(args.max_upload_size * 1024 * 1024))
+    app = create_app(dispatcher, registry, config)
+    hosts = [h.strip() for h in args.listen.split(",") if h.strip()]
+    shown = ", ".join(f"http://{'[' + h + ']' if ':' in h else h}:{args.port}" for h in hosts)
+    web.run_app(app, host=hosts, port=args.port, print=lambda _: print(f"Sumi serving on {shown}", flush=True),
+                access_log=None)
+    store.close()
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="main.py", description="Sumi: run Stable Diffusion node workflows.")
     common = argparse.ArgumentParser(add_help=False)
@@ -282,6 +321,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     nodes = sub.add_parser("nodes", parents=[common], help="list node types (--json: /object_info shape)")
     nodes.set_defaults(func=cmd_nodes)
+
+    serve = sub.add_parser("serve", parents=[common], help="serve ComfyUI's HTTP/websocket API (durable queue)")
+    serve.add_argument("--listen", nargs="?", const="0.0.0.0", default="127.0.0.1",
+                       help="address(es) to bind, comma-separated (bare: 0.0.0.0); off loopback a token is needed")
+    serve.add_argument("--port", type=int, default=8188)
+    serve.add_argument("--token", help="bearer token every request must carry (generated and printed when "
+                                       "--listen is not loopback and none is given)")
+    serve.add_argument("--enable-cors-header", nargs="?", const="*", metavar="ORIGIN",
+                       help="allow cross-origin requests from ORIGIN (bare: any origin)")
+    serve.add_argument("--max-upload-size", type=float, default=100, help="largest request body, in MB")
+    serve.add_argument("--user-directory", help="where sumi.db lives (default: BASE/user)")
+    serve.add_argument("--database", help="the queue/history SQLite file (default: USER_DIRECTORY/sumi.db)")
+    serve.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    serve.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
+    serve.add_argument("--threads", type=int, help="torch CPU threads")
+    serve.set_defaults(func=cmd_serve)
     return parser
 
 

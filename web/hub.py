@@ -1,0 +1,150 @@
+"""The websocket side: `/ws?clientId=`, and delivering worker events to the right clients in order.
+
+Events arrive on the worker thread; `post` hands them to the event loop with `call_soon_threadsafe`, and
+one pump task sends them in arrival order. `status` and `execution_interrupted` go to every client, other
+execution events only to the client that submitted the prompt (none when it gave no client_id).
+"""
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import struct
+import uuid
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from executor.runner import Event
+
+log = logging.getLogger("sumi.web")
+BROADCAST = ("status", "execution_interrupted")
+PREVIEW_IMAGE, JPEG = 1, 1  # ComfyUI's binary frame type and image format codes
+PREVIEW_SIZE = 512
+
+
+class Hub:
+    def __init__(self, dispatcher: Any, server_features: dict[str, Any]) -> None:
+        self.dispatcher = dispatcher
+        self.features = server_features
+        self.sockets: dict[str, web.WebSocketResponse] = {}
+        self.client_features: dict[str, dict[str, Any]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._outbox: asyncio.Queue[tuple[Event, str | None]] | None = None
+        self._pump: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._outbox = asyncio.Queue()
+        self._pump = asyncio.create_task(self._run_pump())
+
+    async def stop(self) -> None:
+        if self._pump is not None:
+            self._pump.cancel()
+        for ws in list(self.sockets.values()):
+            await ws.close()
+
+    def post(self, event: Event, client_id: str | None) -> None:
+        """Thread-safe: queue an event for delivery (dropped once the loop has closed)."""
+        loop, outbox = self._loop, self._outbox
+        if loop is None or outbox is None or loop.is_closed():
+            return
+        try:
+            loop.call_soon_threadsafe(outbox.put_nowait, (event, client_id))
+        except RuntimeError:
+            pass  # the loop closed between the check and the call: nobody is listening
+
+    async def _run_pump(self) -> None:
+        assert self._outbox is not None
+        while True:
+            event, client_id = await self._outbox.get()
+            try:
+                await self.deliver(event, client_id)
+            except Exception:
+                log.exception("could not deliver %s", event.type)
+
+    def _targets(self, event: Event, client_id: str | None) -> list[web.WebSocketResponse]:
+        if event.type in BROADCAST:
+            return list(self.sockets.values())
+        ws = self.sockets.get(client_id) if client_id else None
+        return [ws] if ws is not None else []
+
+    async def deliver(self, event: Event, client_id: str | None) -> None:
+        targets = self._targets(event, client_id)
+        if not targets:
+            return
+        if event.type == "preview":
+            frame = await asyncio.to_thread(preview_frame, event.data.get("image"))
+            sends = [ws.send_bytes(frame) for ws in targets] if frame else []
+        else:
+            text = json.dumps({"type": event.type, "data": event.data}, default=str)
+            sends = [ws.send_str(text) for ws in targets]
+        for send in sends:
+            try:
+                await send
+            except (ConnectionError, RuntimeError):
+                pass  # a client that went away; its handler removes it
+
+    def status_data(self, sid: str | None = None) -> dict[str, Any]:
+        data: dict[str, Any] = {"status": {"exec_info": {"queue_remaining": self.dispatcher.queue_remaining()}}}
+        if sid is not None:
+            data["sid"] = sid
+        return data
+
+    async def handle(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(heartbeat=30)
+        await ws.prepare(request)
+        sid = request.query.get("clientId") or uuid.uuid4().hex
+        previous = self.sockets.get(sid)
+        if previous is not None:
+            await previous.close()  # a reconnecting tab takes its id over
+        self.sockets[sid] = ws
+        try:
+            await ws.send_json({"type": "status", "data": self.status_data(sid)})
+            running = self.dispatcher.running_node()
+            if running is not None and running[1] == sid and running[2] is not None:
+                await ws.send_json({"type": "executing", "data": {"node": running[2], "display_node": running[2],
+                                                                  "prompt_id": running[0]}})
+            first = True
+            async for msg in ws:
+                if msg.type != WSMsgType.TEXT:
+                    continue
+                if first:
+                    await self._handshake(sid, ws, msg.data)
+                first = False
+        finally:
+            if self.sockets.get(sid) is ws:
+                del self.sockets[sid]
+                self.client_features.pop(sid, None)
+        return ws
+
+    async def _handshake(self, sid: str, ws: web.WebSocketResponse, text: str) -> None:
+        """A client's optional first message announces its features; the server answers with its own."""
+        try:
+            message = json.loads(text)
+        except ValueError:
+            return
+        if isinstance(message, dict) and message.get("type") == "feature_flags":
+            self.client_features[sid] = message.get("data") or {}
+            await ws.send_json({"type": "feature_flags", "data": self.features})
+
+
+def preview_frame(image: Any) -> bytes | None:
+    """A PIL image or an IMAGE tensor ([B,]H,W,C in 0..1) as ComfyUI's binary PREVIEW_IMAGE frame (JPEG)."""
+    from PIL import Image
+
+    if image is None:
+        return None
+    if not isinstance(image, Image.Image):
+        import numpy as np
+
+        array = image.detach().float().cpu().numpy() if hasattr(image, "detach") else np.asarray(image)
+        if array.ndim == 4:
+            array = array[0]
+        image = Image.fromarray(np.clip(array[..., :3] * 255.0, 0, 255).astype(np.uint8))
+    image = image.convert("RGB")
+    image.thumbnail((PREVIEW_SIZE, PREVIEW_SIZE))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=95)
+    return struct.pack(">II", PREVIEW_IMAGE, JPEG) + buffer.getvalue()
