@@ -4,6 +4,7 @@
     python main.py validate WORKFLOW.json [--json]
     python main.py nodes [--json]
     python main.py serve [--listen 127.0.0.1] [--port 8188] [--token T] [--enable-cors-header ORIGIN]
+                         [--preview-method auto|latent2rgb|none]
 
 Exit status: 0 success, 1 a run-time error, 2 an invalid workflow or command line.
 """
@@ -256,6 +257,14 @@ def cmd_nodes(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def serve_executor(args: argparse.Namespace, registry: Any) -> Any:
+    """The server's Executor: it computes previews unless --preview-method none (the CLI's never does)."""
+    from executor.runner import Executor
+    from nodes import preview
+
+    return Executor(registry, previews=preview.enabled(args.preview_method))
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """ComfyUI's HTTP/websocket API over a durable queue (`<base>/user/sumi.db`)."""
     import logging
@@ -266,7 +275,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from executor.dispatch import LocalDispatcher
     from executor.queue import PromptStore
-    from executor.runner import Executor
     from nodes import build_registry, devices, paths
     from web import ServerConfig, create_app
     from web.security import is_loopback
@@ -282,7 +290,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for module, error in registry.failed.items():
         print(f"warning: node module {module} failed to load:\n{error}", file=sys.stderr)
     store = PromptStore(args.database or user_dir / "sumi.db")
-    dispatcher = LocalDispatcher(store, Executor(registry))
+    dispatcher = LocalDispatcher(store, serve_executor(args, registry))
     config = ServerConfig(listen=args.listen, port=args.port, token=token, cors_origin=args.enable_cors_header,
                           max_upload_size=int(args.max_upload_size * 1024 * 1024))
     app = create_app(dispatcher, registry, config)
@@ -336,6 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     serve.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
     serve.add_argument("--threads", type=int, help="torch CPU threads")
+    serve.add_argument("--preview-method", default="auto", choices=["none", "auto", "latent2rgb"],
+                       help="previews sent to the websocket while sampling (auto: latent2rgb; none: no previews)")
     serve.set_defaults(func=cmd_serve)
     return parser
 

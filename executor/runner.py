@@ -1,8 +1,13 @@
 """Running a validated prompt: plan, look up signatures, run what is not cached, emit events.
 
 Events carry ComfyUI's names and fields (execution_start, execution_cached, executing, progress,
-executed, execution_success, execution_error, execution_interrupted). Sumi adds `reason` to
-`executing`: why the node ran rather than being served from the cache.
+progress_state, executed, execution_success, execution_error, execution_interrupted). Sumi adds `reason` to
+`executing`: why the node ran rather than being served from the cache. `preview` events (a PIL image) come
+only from an Executor whose host asked for them (`previews=True`: the server); the CLI never pays for them.
+
+Per node that runs, in ComfyUI's order: progress_state (running, 0/1), executing, then per progress report
+progress_state (running, value/max) and progress (and preview), executed if it has UI output, and
+progress_state (finished, value = max). A cached output node re-sends executed, then progress_state (finished).
 """
 from __future__ import annotations
 
@@ -41,9 +46,42 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+class ProgressState:
+    """ComfyUI's per-prompt progress registry: every node that started, sent whole as `progress_state`."""
+
+    def __init__(self, prompt_id: str, emit: Callable[[Event], None]) -> None:
+        self.prompt_id = prompt_id
+        self.emit = emit
+        self.nodes: dict[str, dict[str, Any]] = {}  # node id → {state, value, max}; insertion = start order
+
+    def start(self, node_id: str) -> None:
+        self.nodes[node_id] = {"state": "running", "value": 0.0, "max": 1.0}
+        self._send()
+
+    def update(self, node_id: str, value: float, maximum: float) -> None:
+        entry = self.nodes.setdefault(node_id, {})
+        entry.update(state="running", value=value, max=maximum)
+        self._send()
+
+    def finish(self, node_id: str) -> None:
+        entry = self.nodes.setdefault(node_id, {"value": 1.0, "max": 1.0})
+        entry.update(state="finished", value=entry["max"])
+        self._send()
+
+    def _send(self) -> None:
+        # A fresh snapshot each time: listeners may deliver the event later, after more updates.
+        nodes = {nid: {"value": e["value"], "max": e["max"], "state": e["state"], "node_id": nid,
+                       "prompt_id": self.prompt_id, "display_node_id": nid, "parent_node_id": None,
+                       "real_node_id": nid}
+                 for nid, e in self.nodes.items()}
+        self.emit(Event("progress_state", {"prompt_id": self.prompt_id, "nodes": nodes}))
+
+
 @dataclass
 class RunContext:
-    """What a running node may use: progress, interrupt checks, previews, hidden values."""
+    """What a running node may use: progress, interrupt checks, previews, hidden values.
+
+    `wants_previews` says whether the host shows previews: a node computes one only then (it costs time)."""
 
     node_id: str
     prompt_id: str
@@ -51,6 +89,8 @@ class RunContext:
     extra_pnginfo: dict[str, Any] | None
     emit: Callable[[Event], None]
     interrupt_flag: threading.Event
+    wants_previews: bool = False
+    progress_state: ProgressState | None = None
 
     def check_interrupt(self) -> None:
         if self.interrupt_flag.is_set():
@@ -58,10 +98,13 @@ class RunContext:
 
     def progress(self, value: int, maximum: int, preview: Any = None) -> None:
         """Report progress (and optionally a preview image); also the place interrupts are noticed."""
+        if self.progress_state is not None:
+            self.progress_state.update(self.node_id, value, maximum)
         self.emit(Event("progress", {"value": value, "max": maximum, "prompt_id": self.prompt_id,
                                      "node": self.node_id}))
-        if preview is not None:
-            self.emit(Event("preview", {"image": preview, "prompt_id": self.prompt_id, "node": self.node_id}))
+        if preview is not None and self.wants_previews:
+            self.emit(Event("preview", {"image": preview, "prompt_id": self.prompt_id, "node": self.node_id,
+                                        "display_node": self.node_id}))
         self.check_interrupt()
 
 
@@ -77,11 +120,15 @@ class RunResult:
 
 
 class Executor:
-    """Runs prompts against one registry and one long-lived cache."""
+    """Runs prompts against one registry and one long-lived cache.
+
+    `previews`: whether nodes should compute preview images while they run (a server showing them sets it;
+    off by default so command-line runs spend nothing on them)."""
 
     def __init__(self, registry: Registry, cache: Cache | None = None,
-                 on_oom: Callable[[], None] | None = None) -> None:
+                 on_oom: Callable[[], None] | None = None, previews: bool = False) -> None:
         self.registry = registry
+        self.previews = previews
         self.cache = cache or Cache()
         self.interrupt_flag = threading.Event()
         self.on_oom = on_oom
@@ -168,6 +215,7 @@ class Executor:
         for out in valid.outputs:
             need(out)
         protect = {s for s in sigs.values() if s is not None}
+        states = ProgressState(prompt_id, emit)
         current = None
         try:
             for nid in [n for n in order if n in to_run]:
@@ -178,12 +226,13 @@ class Executor:
                 links = spec.links()
                 constants = {k: v for k, v in spec.inputs.items() if k not in links}
                 changed_up = [link.node for link in links.values() if link.node in to_run]
+                states.start(nid)
                 emit(Event("executing", {"node": nid, "display_node": nid, "prompt_id": prompt_id,
                                          "reason": self._reason(nid, sigs[nid], constants, changed_up)}))
                 kwargs = {k: v for k, v in constants.items() if cls.input(k)}
                 kwargs.update({k: values[link.node][link.slot] for k, link in links.items() if cls.input(k)})
                 ctx = RunContext(nid, prompt_id, prompt, (extra_data or {}).get("extra_pnginfo"), emit,
-                                 self.interrupt_flag)
+                                 self.interrupt_flag, self.previews, states)
                 out = cls().run(ctx, **kwargs)
                 ui = None
                 if isinstance(out, Result):
@@ -201,12 +250,16 @@ class Executor:
                     result.outputs[nid] = ui
                     emit(Event("executed", {"node": nid, "display_node": nid, "output": ui,
                                             "prompt_id": prompt_id}))
+                states.finish(nid)
             current = None
             for nid in valid.outputs:
-                if nid not in to_run and cached_ui.get(nid) is not None:
+                if nid in to_run:
+                    continue
+                if cached_ui.get(nid) is not None:
                     result.outputs[nid] = cached_ui[nid]
                     emit(Event("executed", {"node": nid, "display_node": nid, "output": cached_ui[nid],
                                             "prompt_id": prompt_id}))
+                states.finish(nid)
             emit(Event("execution_success", {"prompt_id": prompt_id, "timestamp": _now_ms()}))
         except Interrupted:
             result.status = "interrupted"

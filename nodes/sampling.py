@@ -5,6 +5,7 @@ from typing import Any
 
 from executor.schema import Determinism, Input, Node, Output
 
+from . import preview
 from .diffusion.sample import SAMPLER_NAMES, SCHEDULER_NAMES, ksample, prepare_noise
 
 SEED = {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "extra": {"control_after_generate": True},
@@ -18,8 +19,12 @@ def _sample(ctx: Any, model: Any, seed: int, latent: dict[str, Any], **kwargs: A
     samples = latent["samples"]
     noise = prepare_noise(samples, seed, latent.get("batch_index"))
 
+    wants_previews = bool(getattr(ctx, "wants_previews", False))
+
     def on_step(step: int, total: int, denoised: Any) -> None:
-        ctx.progress(step + 1, total)
+        # `denoised` is the x0 estimate in the scaled latent space, which is what latent2rgb expects.
+        image = preview.latent_to_rgb(denoised) if wants_previews else None
+        ctx.progress(step + 1, total, image)
 
     out = ksample(model, noise, samples, seed=seed, noise_mask=latent.get("noise_mask"), callback=on_step,
                   **kwargs)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 from collections import Counter
@@ -109,10 +108,24 @@ def test_json_events_are_comfyui_shaped_and_the_loader_runs_once(base: Path) -> 
         runs[-1].append(event)
     assert len(runs) == 2
     codes = {"execution_start": "S", "execution_cached": "C", "executing": "E", "progress": "P",
-             "executed": "X", "execution_success": "K"}
-    for run, cached in zip(runs, ([], ["4", "5", "6", "7"]), strict=True):
-        pattern = "".join(codes.get(e["type"], "?") for e in run)
-        assert re.fullmatch(r"SC(EP*)+XKE", pattern), pattern
+             "progress_state": "T", "executed": "X", "execution_success": "K"}
+    # Per node: progress_state running, executing, (progress_state + progress) per step, [executed],
+    # progress_state finished. Run 1 runs 4 5 6 7 3 8 9; run 2 finds 4-7 cached.
+    sampler, decode, save = "TE" + "TP" * 2 + "T", "TET", "TEXT"
+    expected = ["SC" + "TET" * 4 + sampler + decode + save + "KE", "SC" + sampler + decode + save + "KE"]
+    for run, cached, pattern in zip(runs, ([], ["4", "5", "6", "7"]), expected, strict=True):
+        assert "".join(codes.get(e["type"], "?") for e in run) == pattern
+        assert [e["data"]["node"] for e in run if e["type"] == "executing"] == \
+            ["4", "5", "6", "7", "3", "8", "9", None][len(cached):]
+        states = [e["data"]["nodes"] for e in run if e["type"] == "progress_state"]
+        assert all(node["prompt_id"] == run[0]["data"]["prompt_id"] and node["node_id"] == nid
+                   for nodes in states for nid, node in nodes.items())
+        sampler_states = [(n["3"]["state"], n["3"]["value"], n["3"]["max"]) for n in states if "3" in n]
+        assert sampler_states[:4] == [("running", 0.0, 1.0), ("running", 1, 2), ("running", 2, 2),
+                                      ("finished", 2, 2)]
+        assert set(sampler_states[4:]) == {("finished", 2, 2)}  # later messages still carry it, finished
+        assert {nid: n["state"] for nid, n in states[-1].items()} == \
+            dict.fromkeys(["4", "5", "6", "7", "3", "8", "9"][len(cached):], "finished")
         assert run[1]["data"]["nodes"] == cached
         assert run[-1]["data"]["node"] is None
         assert len({e["data"]["prompt_id"] for e in run}) == 1

@@ -3,6 +3,10 @@
 Events arrive on the worker thread; `post` hands them to the event loop with `call_soon_threadsafe`, and
 one pump task sends them in arrival order. `status` and `execution_interrupted` go to every client, other
 execution events only to the client that submitted the prompt (none when it gave no client_id).
+
+`preview` events become binary frames: PREVIEW_IMAGE (type 1: format, JPEG) or, for a client whose first
+message was `feature_flags` with `supports_preview_metadata`, PREVIEW_IMAGE_WITH_METADATA (type 4: length of a
+JSON blob naming the node and prompt, the JSON, the JPEG).
 """
 from __future__ import annotations
 
@@ -20,7 +24,8 @@ from executor.runner import Event
 
 log = logging.getLogger("sumi.web")
 BROADCAST = ("status", "execution_interrupted")
-PREVIEW_IMAGE, JPEG = 1, 1  # ComfyUI's binary frame type and image format codes
+PREVIEW_IMAGE, PREVIEW_IMAGE_WITH_METADATA = 1, 4  # ComfyUI's binary frame types
+JPEG = 1  # ComfyUI's image format code in PREVIEW_IMAGE frames
 PREVIEW_SIZE = 512
 
 
@@ -64,22 +69,27 @@ class Hub:
             except Exception:
                 log.exception("could not deliver %s", event.type)
 
-    def _targets(self, event: Event, client_id: str | None) -> list[web.WebSocketResponse]:
+    def _targets(self, event: Event, client_id: str | None) -> list[tuple[str, web.WebSocketResponse]]:
         if event.type in BROADCAST:
-            return list(self.sockets.values())
+            return list(self.sockets.items())
         ws = self.sockets.get(client_id) if client_id else None
-        return [ws] if ws is not None else []
+        return [(client_id, ws)] if client_id and ws is not None else []
 
     async def deliver(self, event: Event, client_id: str | None) -> None:
         targets = self._targets(event, client_id)
         if not targets:
             return
         if event.type == "preview":
-            frame = await asyncio.to_thread(preview_frame, event.data.get("image"))
-            sends = [ws.send_bytes(frame) for ws in targets] if frame else []
+            jpeg = await asyncio.to_thread(encode_preview, event.data.get("image"))
+            if jpeg is None:
+                return
+            metadata = preview_metadata(event.data)
+            sends = [ws.send_bytes(preview_frame_from_jpeg(
+                jpeg, metadata if self.client_features.get(sid, {}).get("supports_preview_metadata") else None))
+                for sid, ws in targets]
         else:
             text = json.dumps({"type": event.type, "data": event.data}, default=str)
-            sends = [ws.send_str(text) for ws in targets]
+            sends = [ws.send_str(text) for _, ws in targets]
         for send in sends:
             try:
                 await send
@@ -126,12 +136,20 @@ class Hub:
         except ValueError:
             return
         if isinstance(message, dict) and message.get("type") == "feature_flags":
-            self.client_features[sid] = message.get("data") or {}
+            data = message.get("data")
+            self.client_features[sid] = data if isinstance(data, dict) else {}
             await ws.send_json({"type": "feature_flags", "data": self.features})
 
 
-def preview_frame(image: Any) -> bytes | None:
-    """A PIL image or an IMAGE tensor ([B,]H,W,C in 0..1) as ComfyUI's binary PREVIEW_IMAGE frame (JPEG)."""
+def preview_metadata(data: dict[str, Any]) -> dict[str, Any]:
+    """The JSON of a PREVIEW_IMAGE_WITH_METADATA frame, from a `preview` event's data."""
+    node = data.get("node")
+    return {"node_id": node, "prompt_id": data.get("prompt_id"), "display_node_id": data.get("display_node", node),
+            "parent_node_id": None, "real_node_id": node, "image_type": "image/jpeg"}
+
+
+def encode_preview(image: Any) -> bytes | None:
+    """A PIL image or an IMAGE tensor ([B,]H,W,C in 0..1) as JPEG (quality 95), fitted into PREVIEW_SIZE."""
     from PIL import Image
 
     if image is None:
@@ -147,4 +165,18 @@ def preview_frame(image: Any) -> bytes | None:
     image.thumbnail((PREVIEW_SIZE, PREVIEW_SIZE))
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=95)
-    return struct.pack(">II", PREVIEW_IMAGE, JPEG) + buffer.getvalue()
+    return buffer.getvalue()
+
+
+def preview_frame_from_jpeg(jpeg: bytes, metadata: dict[str, Any] | None = None) -> bytes:
+    """Type 1 (`format, image`) without metadata; type 4 (`len(json), json, image`) with it."""
+    if metadata is None:
+        return struct.pack(">II", PREVIEW_IMAGE, JPEG) + jpeg
+    blob = json.dumps(metadata).encode()
+    return struct.pack(">II", PREVIEW_IMAGE_WITH_METADATA, len(blob)) + blob + jpeg
+
+
+def preview_frame(image: Any, metadata: dict[str, Any] | None = None) -> bytes | None:
+    """A PIL image or an IMAGE tensor as ComfyUI's binary preview frame (JPEG); see preview_frame_from_jpeg."""
+    jpeg = encode_preview(image)
+    return None if jpeg is None else preview_frame_from_jpeg(jpeg, metadata)

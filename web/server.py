@@ -227,7 +227,7 @@ class Api:
         return web.json_response({cls.type: await asyncio.to_thread(cls.object_info)} if cls else {})
 
     def features_data(self) -> dict[str, Any]:
-        return {"supports_preview_metadata": False, "max_upload_size": self.config.max_upload_size}
+        return {"supports_preview_metadata": True, "max_upload_size": self.config.max_upload_size}
 
     async def features(self, request: web.Request) -> web.Response:
         return web.json_response(self.features_data())

@@ -128,12 +128,73 @@ def test_events_in_order_with_comfy_fields(ex: Executor) -> None:
     events: list[Any] = []
     ex.run(graph(), prompt_id="p1", on_event=events.append)
     kinds = [e.type for e in events]
-    assert kinds == ["execution_start", "execution_cached", "executing", "executing", "executing", "executing",
-                     "executed", "execution_success", "executing"]
+    per_node = ["progress_state", "executing", "progress_state"]  # running, the node, finished
+    assert kinds == ["execution_start", "execution_cached", *per_node * 3,
+                     "progress_state", "executing", "executed", "progress_state", "execution_success", "executing"]
     assert events[1].data["nodes"] == []
     assert [e.data["node"] for e in events if e.type == "executing"] == ["1", "2", "3", "4", None]
-    assert events[6].data == {"node": "4", "display_node": "4", "output": {"text": ["3.0"]}, "prompt_id": "p1"}
+    assert events[-4].data == {"node": "4", "display_node": "4", "output": {"text": ["3.0"]}, "prompt_id": "p1"}
     assert all(e.data["prompt_id"] == "p1" for e in events)
+    # progress_state carries every node started so far: running when it starts, finished (value = max) after.
+    states = [{nid: (n["state"], n["value"], n["max"]) for nid, n in e.data["nodes"].items()}
+              for e in events if e.type == "progress_state"]
+    done = ("finished", 1.0, 1.0)
+    assert states == [{"1": ("running", 0.0, 1.0)}, {"1": done},
+                      {"1": done, "2": ("running", 0.0, 1.0)}, {"1": done, "2": done},
+                      {"1": done, "2": done, "3": ("running", 0.0, 1.0)}, {"1": done, "2": done, "3": done},
+                      {"1": done, "2": done, "3": done, "4": ("running", 0.0, 1.0)},
+                      {"1": done, "2": done, "3": done, "4": done}]
+    assert events[2].data == {"prompt_id": "p1", "nodes": {"1": {
+        "value": 0.0, "max": 1.0, "state": "running", "node_id": "1", "prompt_id": "p1", "display_node_id": "1",
+        "parent_node_id": None, "real_node_id": "1"}}}
+
+
+def test_progress_state_follows_a_node_through_its_steps(ex: Executor) -> None:
+    prompt = {"1": {"class_type": "Number", "inputs": {"value": 1}},
+              "2": {"class_type": "Tensorize", "inputs": {"x": ["1", 0], "size": 4}},
+              "3": {"class_type": "ShowTensor", "inputs": {"t": ["2", 0]}}}
+    events: list[Any] = []
+    ex.run(prompt, prompt_id="p", on_event=events.append)
+    start = next(i for i, e in enumerate(events) if e.type == "executing" and e.data["node"] == "2") - 1
+    steps = events[start:start + 9]
+    assert [e.type for e in steps] == ["progress_state", "executing", *["progress_state", "progress"] * 3,
+                                       "progress_state"]
+    node2 = [(e.data["nodes"]["2"]["state"], e.data["nodes"]["2"]["value"], e.data["nodes"]["2"]["max"])
+             for e in steps if e.type == "progress_state"]
+    assert node2 == [("running", 0.0, 1.0), ("running", 1, 3), ("running", 2, 3), ("running", 3, 3),
+                     ("finished", 3, 3)]
+    assert [e.data["value"] for e in steps if e.type == "progress"] == [1, 2, 3]
+    assert not any(e.type == "preview" for e in events)  # previews only for an executor that asked for them
+
+    # A cached output node re-sends executed (when it has UI output) and then reads as finished.
+    events.clear()
+    ex.run(prompt, prompt_id="q", on_event=events.append)
+    assert [e.type for e in events] == ["execution_start", "execution_cached", "executed", "progress_state",
+                                        "execution_success", "executing"]
+    assert events[3].data["nodes"] == {"3": {"value": 1.0, "max": 1.0, "state": "finished", "node_id": "3",
+                                             "prompt_id": "q", "display_node_id": "3", "parent_node_id": None,
+                                             "real_node_id": "3"}}
+
+
+def test_previews_reach_events_only_when_the_executor_wants_them() -> None:
+    class Painter(Node):
+        type = "Painter"
+        output_node = True
+        inputs = (Input("x", "FLOAT"),)
+
+        def run(self, ctx: Any, x: float) -> Result:
+            ctx.progress(1, 1, "an image" if ctx.wants_previews else None)
+            return Result((), {"text": [str(x)]})
+
+    reg = Registry()
+    reg.register(Number, Painter)
+    prompt = {"1": {"class_type": "Number", "inputs": {"value": 1}},
+              "2": {"class_type": "Painter", "inputs": {"x": ["1", 0]}}}
+    for previews, expected in ((False, []), (True, [{"image": "an image", "prompt_id": "p", "node": "2",
+                                                      "display_node": "2"}])):
+        events: list[Any] = []
+        Executor(reg, previews=previews).run(prompt, prompt_id="p", on_event=events.append)
+        assert [e.data for e in events if e.type == "preview"] == expected
 
 
 def test_identical_rerun_runs_nothing_and_reports_all_cached(ex: Executor) -> None:

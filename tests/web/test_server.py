@@ -49,7 +49,9 @@ def test_txt2img_round_trip(server: Running) -> None:
             prompt_id, messages = await run_prompt(s, server.url, txt2img(seed=1, text="round trip"), "client-a")
             kinds = [t for t in types_of(messages) if t != "status"]
             assert kinds[:2] == ["execution_start", "execution_cached"]
-            assert kinds[-3:] == ["executed", "execution_success", "executing"]
+            assert kinds[-4:] == ["executed", "progress_state", "execution_success", "executing"]
+            last_state = [m for m in messages if m["type"] == "progress_state"][-1]["data"]
+            assert last_state["prompt_id"] == prompt_id and last_state["nodes"]["9"]["state"] == "finished"
             ran = [m["data"]["node"] for m in messages if m["type"] == "executing" and m["data"]["node"]]
             assert ran[-3:] == ["3", "8", "9"]  # sampler, decode, save run last, in order
             progress = [m["data"] for m in messages if m["type"] == "progress"]
