@@ -274,14 +274,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from executor.dispatch import LocalDispatcher
-    from executor.queue import PromptStore
+    from executor.queue import PromptStore, StoreInUse
     from nodes import build_registry, devices, paths
     from web import ServerConfig, create_app
     from web.security import is_loopback
+    from web.server import bindable_hosts
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     devices.configure(args.device, args.precision, args.threads)
     user_dir = Path(args.user_directory) if args.user_directory else paths.FOLDERS.user
+    try:
+        store = PromptStore(args.database or user_dir / "sumi.db")
+    except StoreInUse as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
     token = args.token
     if token is None and not is_loopback(args.listen):
         token = secrets.token_urlsafe(24)
@@ -289,12 +295,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     registry = build_registry()
     for module, error in registry.failed.items():
         print(f"warning: node module {module} failed to load:\n{error}", file=sys.stderr)
-    store = PromptStore(args.database or user_dir / "sumi.db")
     dispatcher = LocalDispatcher(store, serve_executor(args, registry))
     config = ServerConfig(listen=args.listen, port=args.port, token=token, cors_origin=args.enable_cors_header,
                           max_upload_size=int(args.max_upload_size * 1024 * 1024))
     app = create_app(dispatcher, registry, config)
-    hosts = [h.strip() for h in args.listen.split(",") if h.strip()]
+    hosts = bindable_hosts([h.strip() for h in args.listen.split(",") if h.strip()])
     shown = ", ".join(f"http://{'[' + h + ']' if ':' in h else h}:{args.port}" for h in hosts)
     web.run_app(app, host=hosts, port=args.port, print=lambda _: print(f"Sumi serving on {shown}", flush=True),
                 access_log=None)
@@ -331,8 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
     nodes.set_defaults(func=cmd_nodes)
 
     serve = sub.add_parser("serve", parents=[common], help="serve ComfyUI's HTTP/websocket API (durable queue)")
-    serve.add_argument("--listen", nargs="?", const="0.0.0.0", default="127.0.0.1",
-                       help="address(es) to bind, comma-separated (bare: 0.0.0.0); off loopback a token is needed")
+    serve.add_argument("--listen", nargs="?", const="0.0.0.0,::", default="127.0.0.1",
+                       help="address(es) to bind, comma-separated (bare: 0.0.0.0,::, IPv4 only where there is no "
+                            "IPv6); off loopback a token is needed")
     serve.add_argument("--port", type=int, default=8188)
     serve.add_argument("--token", help="bearer token every request must carry (generated and printed when "
                                        "--listen is not loopback and none is given)")

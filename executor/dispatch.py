@@ -3,12 +3,14 @@
 `Dispatcher` is the interface the HTTP server talks to; `LocalDispatcher` runs everything in one worker
 thread of this process, from a durable `PromptStore`, with one long-lived `Executor` so the signature cache
 lives across prompts. Listeners get `(event, client_id)`: `client_id` is the submitting client for
-execution events and None for broadcasts (`status`).
+execution events and None for `status`, which is only a marker ("the queue changed"): whoever delivers it
+reads `queue_remaining()` at that moment, so a count computed earlier can never arrive after a newer one.
 """
 from __future__ import annotations
 
 import gc
 import logging
+import sqlite3
 import threading
 import time
 import uuid
@@ -17,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .errors import ValidationFailed
-from .queue import PromptStore, QueueItem, State, split_secrets
+from .queue import InvalidTransition, PromptStore, QueueItem, State, split_secrets
 from .runner import Event, Executor, RunResult
 
 log = logging.getLogger("sumi.dispatch")
@@ -25,6 +27,9 @@ log = logging.getLogger("sumi.dispatch")
 Listener = Callable[[Event, "str | None"], None]
 # What history keeps of a run, as ComfyUI does: the start, what was cached, and how it ended.
 RECORDED = ("execution_start", "execution_cached", "execution_success", "execution_error", "execution_interrupted")
+ERROR_PAUSE = 1.0  # seconds the worker waits after an unexpected failure, so a persistent one cannot spin
+# What the worker may meet once stop() gave up waiting: its prompt released, the store closed.
+AFTER_STOP = (InvalidTransition, KeyError, sqlite3.ProgrammingError)
 
 
 @dataclass
@@ -125,6 +130,16 @@ class LocalDispatcher:
             self._wake.notify_all()
         if self._thread is not None:
             self._thread.join(timeout)
+            running = self._running
+            if self._thread.is_alive() and running is not None:
+                # A node ignores the interrupt: put its prompt back now, before the caller closes the store.
+                # The worker, if it ever returns, finds the prompt released or the store closed, and ends.
+                try:
+                    self.store.release(running.item.prompt_id)
+                    log.warning("worker still busy after %.0fs; prompt %s put back in the queue",
+                                timeout, running.item.prompt_id)
+                except Exception:
+                    log.exception("could not put prompt %s back in the queue", running.item.prompt_id)
             self._thread = None
 
     def submit(self, prompt: dict[str, Any], *, prompt_id: str | None = None, number: float | None = None,
@@ -171,7 +186,7 @@ class LocalDispatcher:
             self._wake.notify_all()
 
     def status(self) -> QueueStatus:
-        return QueueStatus(self.store.pending(), self.store.running())
+        return QueueStatus(*self.store.snapshot())
 
     def queue_remaining(self) -> int:
         return self.store.queue_remaining()
@@ -193,30 +208,40 @@ class LocalDispatcher:
                 log.exception("event listener failed")
 
     def _queue_changed(self) -> None:
-        self._publish(Event("status", {"status": {"exec_info": {"queue_remaining": self.queue_remaining()}}}), None)
+        """Publish the marker only: a count computed here could reach clients after a newer one."""
+        self._publish(Event("status", {}), None)
 
     # -- worker thread -----------------------------------------------------------------------------------
 
     def _work(self) -> None:
         while True:
-            with self._wake:
-                if self._stop:
-                    return
-                self._apply_free()
-                item = self.store.claim_next()
-                if item is None:
-                    self._wake.wait(timeout=5.0)
-                    continue
-                self._running = _Running(item, item.extra_data.get("client_id"))
+            running: _Running | None = None
             try:
+                with self._wake:
+                    if self._stop:
+                        return
+                    self._apply_free()
+                    item = self.store.claim_next()
+                    if item is None:
+                        self._wake.wait(timeout=5.0)
+                        continue
+                    running = self._running = _Running(item, item.extra_data.get("client_id"))
                 self._queue_changed()
-                self._run(self._running)
-            except Exception:
-                log.exception("worker failed on prompt %s", item.prompt_id)
-                self._finish_safely(self._running)
+                self._run(running)
+            except BaseException as exc:  # the worker must outlive anything, SystemExit included
+                if self._stop and isinstance(exc, AFTER_STOP):
+                    log.info("worker stopped: %s", exc)
+                    return
+                log.exception("worker failed%s", f" on prompt {running.item.prompt_id}" if running else "")
+                if running is not None:
+                    self._finish_safely(running)
+                with self._wake:
+                    if not self._stop:
+                        self._wake.wait(timeout=ERROR_PAUSE)
             finally:
                 self._running = None
-            self._queue_changed()
+            if running is not None:
+                self._queue_changed()
 
     def _run(self, running: _Running) -> None:
         item = running.item

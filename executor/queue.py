@@ -12,6 +12,8 @@ persisted sequence counter, which only grows, across restarts and clock changes 
 from __future__ import annotations
 
 import json
+import logging
+import math
 import sqlite3
 import threading
 import time
@@ -22,6 +24,12 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, no single-instance check
+    fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger("sumi.queue")
 HISTORY_CAP = 10000
 SECRET_KEYS = ("auth_token_comfy_org", "api_key_comfy_org")
 SECRET_MARKERS = ("token", "api_key", "apikey", "password", "secret")
@@ -51,6 +59,10 @@ class InvalidTransition(Exception):
 
 class DuplicatePromptId(ValueError):
     """A prompt id that is already queued or in history."""
+
+
+class StoreInUse(RuntimeError):
+    """Another PromptStore (another server) holds this database: two workers would re-run each other's prompts."""
 
 
 def is_secret(key: str) -> bool:
@@ -123,17 +135,40 @@ class PromptStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.history_cap = history_cap
         self._lock = threading.RLock()
-        # One connection behind a lock: writes are tiny, and SQLite serialises writers anyway.
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # WAL + NORMAL: a committed item survives a crash or kill -9 of the server (only an OS crash or power cut
-        # can lose the last commits); FULL would add an fsync per commit, doubling a cached round trip.
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
+        self._lock_file = self._claim()
+        try:
+            # One connection behind a lock: writes are tiny, and SQLite serialises writers anyway.
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # WAL + NORMAL: a committed item survives a crash or kill -9 of the server (only an OS crash or power
+            # cut can lose the last commits); FULL would add an fsync per commit, doubling a cached round trip.
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(SCHEMA)
+        except BaseException:
+            self._lock_file.close()
+            raise
+
+    def _claim(self) -> Any:
+        """Hold an exclusive lock on `<db>.lock` for the store's lifetime, so a second server on the same
+        database refuses to start instead of re-queuing the first one's running prompt (the OS drops the
+        lock when the process dies, kill -9 included)."""
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        handle = open(lock_path, "a+b")  # held open until close()
+        if fcntl is None:
+            return handle
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            handle.close()
+            raise StoreInUse(f"the queue database {self.path} is in use by another Sumi server (it holds "
+                             f"{lock_path}); stop that server, or give this one another --database or "
+                             "--user-directory") from exc
+        return handle
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            self._lock_file.close()  # releases the lock
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -141,10 +176,18 @@ class PromptStore:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
+                self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                self._rollback()
                 raise
-            self._db.execute("COMMIT")
+
+    def _rollback(self) -> None:
+        """Roll back what is still open; never raise over the error that got us here."""
+        try:
+            if self._db.in_transaction:  # not when SQLite already rolled back by itself
+                self._db.execute("ROLLBACK")
+        except sqlite3.Error:
+            log.exception("rollback failed")
 
     def _bump(self, db: sqlite3.Connection, name: str, at_least: float = 0) -> float:
         row = db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
@@ -170,6 +213,8 @@ class PromptStore:
     def enqueue(self, prompt_id: str, number: float, prompt: dict[str, Any], extra_data: dict[str, Any],
                 outputs_to_execute: list[str]) -> QueueItem:
         """Store a pending prompt; credentials in extra_data are dropped here, never written."""
+        if not math.isfinite(number):
+            raise ValueError(f"number must be finite, not {number}")
         public, _ = split_secrets(extra_data)
         try:
             with self._tx() as db:
@@ -184,7 +229,9 @@ class PromptStore:
                         db.execute("INSERT OR REPLACE INTO counters (name, value) VALUES ('number', ?)",
                                    (float(int(number) + 1),))
         except sqlite3.IntegrityError as exc:
-            raise DuplicatePromptId(f"prompt id {prompt_id!r} is already queued or in history") from exc
+            if "UNIQUE" in str(exc) and "items.prompt_id" in str(exc):
+                raise DuplicatePromptId(f"prompt id {prompt_id!r} is already queued or in history") from exc
+            raise
         return QueueItem(prompt_id, float(number), prompt, public, list(outputs_to_execute), State.PENDING, 0, wall)
 
     def claim_next(self) -> QueueItem | None:
@@ -273,6 +320,11 @@ class PromptStore:
             rows = self._db.execute(f"SELECT {COLUMNS} FROM items WHERE state = ? ORDER BY number, seq",
                                     (state,)).fetchall()
         return [_item(row) for row in rows]
+
+    def snapshot(self) -> tuple[list[QueueItem], list[QueueItem]]:
+        """(pending, running) read together: no item is claimed between the two reads."""
+        with self._lock:
+            return self._items(State.PENDING), self._items(State.RUNNING)
 
     def pending(self) -> list[QueueItem]:
         return self._items(State.PENDING)

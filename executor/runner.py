@@ -267,7 +267,9 @@ class Executor:
                             "node_type": wf.nodes[current].class_type if current else None,
                             "executed": list(result.ran), "timestamp": _now_ms()}
             emit(Event("execution_interrupted", result.error))
-        except Exception as exc:
+        except BaseException as exc:  # a node's SystemExit or KeyboardInterrupt fails the prompt only
+            if isinstance(exc, KeyboardInterrupt) and threading.current_thread() is threading.main_thread():
+                raise  # Ctrl-C in the command line: stop the program (signals only ever reach the main thread)
             result.status = "error"
             message = str(exc)
             if _is_oom(exc):

@@ -2,6 +2,10 @@
 
 Nothing outside the output, input and temp folders is ever read or written: `..`, absolute paths and NUL
 are refused with 400, a path that leaves its folder through a symlink with 403.
+
+Nothing served runs in the server's origin: /view shows raster images, video and audio inline and sends
+everything else as an `application/octet-stream` attachment, every response sandboxed by its CSP. Uploads are
+images Pillow fully decodes (PNG, JPEG, WebP, GIF, BMP, TIFF), stored under an extension of that format.
 """
 from __future__ import annotations
 
@@ -9,7 +13,8 @@ import asyncio
 import hashlib
 import io
 import json
-import mimetypes
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +31,23 @@ UPLOAD_LIMIT = web.AppKey("sumi.upload_limit", int)
 
 class TooLarge(Exception):
     pass
-# Served as downloads, never rendered: a saved .html or .js must not run in the server's origin.
-UNSAFE_MIME = ("text/html", "application/xhtml+xml", "text/javascript", "application/javascript", "text/css")
+
+
+# The only types /view lets a browser render: raster images, video and audio. Anything else (.html, .svg, .js,
+# .txt…) is a download, so a file an upload or a node wrote can never run script in the server's origin.
+INLINE_TYPES = {
+    ".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp", ".gif": "image/gif",
+    ".bmp": "image/bmp", ".tif": "image/tiff", ".tiff": "image/tiff",
+    ".mp4": "video/mp4", ".m4v": "video/mp4", ".webm": "video/webm", ".mov": "video/quicktime",
+    ".mkv": "video/x-matroska", ".ogv": "video/ogg",
+    ".mp3": "audio/mpeg", ".wav": "audio/wav", ".flac": "audio/flac", ".ogg": "audio/ogg", ".oga": "audio/ogg",
+    ".opus": "audio/ogg", ".m4a": "audio/mp4", ".aac": "audio/aac",
+}
+VIEW_HEADERS = {"Content-Security-Policy": "sandbox; default-src 'none'", "X-Content-Type-Options": "nosniff"}
+# Pillow format → the extension an upload of it is stored under (unless its own name already has one of that format).
+UPLOAD_FORMATS = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tiff"}
+_UMASK = os.umask(0o022)  # read once, at import (before any server thread), to give uploads the usual mode
+os.umask(_UMASK)
 
 
 def error(status: int, kind: str, message: str) -> web.Response:
@@ -57,6 +77,12 @@ def safe_target(kind: str, subfolder: str, filename: str) -> Path | web.Response
 
 
 async def view(request: web.Request) -> web.StreamResponse:
+    response = await _view(request)
+    response.headers.update(VIEW_HEADERS)  # every answer, errors included, is inert in a browser
+    return response
+
+
+async def _view(request: web.Request) -> web.StreamResponse:
     q = request.query
     filename, kind = q.get("filename", ""), q.get("type", "output") or "output"
     for candidate in FOLDER_TYPES:  # ComfyUI's annotated names: "x.png [output]"
@@ -75,11 +101,10 @@ async def view(request: web.Request) -> web.StreamResponse:
             return error(400, "not_an_image", f"cannot convert {filename}: {exc}")
         return web.Response(body=body, content_type=content_type,
                             headers={"Content-Disposition": f'filename="{target.name}"'})
-    content_type = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
-    if content_type in UNSAFE_MIME:
-        content_type = "application/octet-stream"
-    return web.FileResponse(target, headers={"Content-Type": content_type, "X-Content-Type-Options": "nosniff",
-                                             "Content-Disposition": f'filename="{target.name}"'})
+    content_type = INLINE_TYPES.get(target.suffix.lower())
+    disposition = f'filename="{target.name}"' if content_type else f'attachment; filename="{target.name}"'
+    return web.FileResponse(target, headers={"Content-Type": content_type or "application/octet-stream",
+                                             "Content-Disposition": disposition})
 
 
 def _reencode(path: Path, preview: str | None, channel: str) -> tuple[bytes, str]:
@@ -127,33 +152,66 @@ async def _read_upload(request: web.Request) -> tuple[dict[str, str], str | None
     return fields, name, data
 
 
-def _store(root_kind: str, subfolder: str, name: str, data: bytes, overwrite: bool) -> dict[str, str] | web.Response:
-    """Write an upload with ComfyUI's naming: same bytes reuse the file, other bytes get ` (1)`, ` (2)`…"""
-    name = Path(name.replace("\\", "/")).name
+def _store(root_kind: str, subfolder: str, name: str, data: bytes, overwrite: bool,
+           image_format: str = "PNG") -> dict[str, str] | web.Response:
+    """Write an upload with ComfyUI's naming: same bytes reuse the file, other bytes get ` (1)`, ` (2)`…
+
+    The name keeps the client's stem and gets an extension of `image_format` (what the bytes really are)."""
+    name = _with_format_suffix(Path(name.replace("\\", "/")).name, image_format)
     target = safe_target(root_kind, subfolder, name)
     if isinstance(target, web.Response):
         return target
-    if target.exists() and not overwrite:
-        digest = hashlib.sha256(data).digest()
-        stem, suffix, i = target.stem, target.suffix, 1
-        while target.exists() and hashlib.sha256(target.read_bytes()).digest() != digest:
-            target = target.with_name(f"{stem} ({i}){suffix}")
-            i += 1
+    digest = hashlib.sha256(data).digest()
+    stem, suffix, i = target.stem, target.suffix, 1
+    while _taken(target, digest, overwrite):
+        target = target.with_name(f"{stem} ({i}){suffix}")
+        i += 1
     target.parent.mkdir(parents=True, exist_ok=True)
     if not target.exists() or overwrite:
-        tmp = target.with_name(f".{target.name}.upload")
-        tmp.write_bytes(data)
-        tmp.replace(target)  # readers never see half a file
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".upload-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.chmod(tmp, 0o666 & ~_UMASK)  # as a plain write would (mkstemp makes it 0600)
+            os.replace(tmp, target)  # readers never see half a file
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     return {"name": target.name, "subfolder": subfolder, "type": root_kind}
 
 
-def _check_image(data: bytes) -> str | None:
+def _taken(target: Path, digest: bytes, overwrite: bool) -> bool:
+    """Whether an upload must take another name: something other than a file is there (a directory), or a
+    file with other bytes that it may not overwrite."""
+    if not target.exists():
+        return False
+    if not target.is_file():
+        return True
+    return not overwrite and hashlib.sha256(target.read_bytes()).digest() != digest
+
+
+def _with_format_suffix(name: str, image_format: str) -> str:
+    """`name` if its extension is one of `image_format`'s (`.jpg`, `.jpeg`…), else its stem + that format's."""
+    path = Path(name)
+    if name in ("", ".", ".."):
+        return name  # refused by safe_target
+    if Image.registered_extensions().get(path.suffix.lower()) == image_format:
+        return name
+    return f"{path.stem if path.suffix else name}{UPLOAD_FORMATS[image_format]}"
+
+
+def _check_image(data: bytes) -> tuple[str | None, str]:
+    """(problem or None, Pillow format): the bytes must decode completely, as one of UPLOAD_FORMATS."""
     try:
         with Image.open(io.BytesIO(data)) as img:
-            img.verify()
+            image_format = img.format or ""
+            if image_format not in UPLOAD_FORMATS:
+                return f"unsupported image format {image_format or 'unknown'} (use PNG, JPEG, WebP, GIF, BMP " \
+                       "or TIFF)", image_format
+            img.load()
     except Exception as exc:
-        return f"not a readable image: {exc}"
-    return None
+        return f"not a readable image: {exc}", ""
+    return None, image_format
 
 
 async def _upload(request: web.Request, mask: bool) -> web.Response:
@@ -165,7 +223,7 @@ async def _upload(request: web.Request, mask: bool) -> web.Response:
         return error(400, "bad_upload", f"not a multipart form: {exc}")
     if not name or data is None:
         return error(400, "no_image", "multipart field `image` with a filename is required")
-    problem = await asyncio.to_thread(_check_image, data)
+    problem, image_format = await asyncio.to_thread(_check_image, data)
     if problem:
         return error(400, "not_an_image", problem)
     kind = fields.get("type") or "input"
@@ -180,8 +238,8 @@ async def _upload(request: web.Request, mask: bool) -> web.Response:
             return original
         if not original.is_file():
             return error(404, "not_found", "original image not found")
-        data = await asyncio.to_thread(_apply_mask, original, data)
-    saved = await asyncio.to_thread(_store, kind, fields.get("subfolder", ""), name, data, overwrite)
+        data, image_format = await asyncio.to_thread(_apply_mask, original, data), "PNG"
+    saved = await asyncio.to_thread(_store, kind, fields.get("subfolder", ""), name, data, overwrite, image_format)
     return saved if isinstance(saved, web.Response) else web.json_response(saved)
 
 

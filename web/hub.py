@@ -1,8 +1,11 @@
 """The websocket side: `/ws?clientId=`, and delivering worker events to the right clients in order.
 
 Events arrive on the worker thread; `post` hands them to the event loop with `call_soon_threadsafe`, and
-one pump task sends them in arrival order. `status` and `execution_interrupted` go to every client, other
-execution events only to the client that submitted the prompt (none when it gave no client_id).
+one pump task sends them in arrival order. `status` goes to every client, with the queue count read when it
+is sent (the dispatcher posts only a marker, so an older count can never follow a newer one).
+`execution_interrupted` goes to the client that submitted the prompt, or to every client when the prompt gave
+no client_id (ComfyUI's rule for its broadcast events); other execution events go only to the submitting
+client (none when it gave no client_id).
 
 `preview` events become binary frames: PREVIEW_IMAGE (type 1: format, JPEG) or, for a client whose first
 message was `feature_flags` with `supports_preview_metadata`, PREVIEW_IMAGE_WITH_METADATA (type 4: length of a
@@ -23,7 +26,8 @@ from aiohttp import WSMsgType, web
 from executor.runner import Event
 
 log = logging.getLogger("sumi.web")
-BROADCAST = ("status", "execution_interrupted")
+BROADCAST = ("status",)
+TO_SUBMITTER_OR_ALL = ("execution_interrupted",)
 PREVIEW_IMAGE, PREVIEW_IMAGE_WITH_METADATA = 1, 4  # ComfyUI's binary frame types
 JPEG = 1  # ComfyUI's image format code in PREVIEW_IMAGE frames
 PREVIEW_SIZE = 512
@@ -70,7 +74,7 @@ class Hub:
                 log.exception("could not deliver %s", event.type)
 
     def _targets(self, event: Event, client_id: str | None) -> list[tuple[str, web.WebSocketResponse]]:
-        if event.type in BROADCAST:
+        if event.type in BROADCAST or (event.type in TO_SUBMITTER_OR_ALL and not client_id):
             return list(self.sockets.items())
         ws = self.sockets.get(client_id) if client_id else None
         return [(client_id, ws)] if client_id and ws is not None else []
@@ -88,7 +92,10 @@ class Hub:
                 jpeg, metadata if self.client_features.get(sid, {}).get("supports_preview_metadata") else None))
                 for sid, ws in targets]
         else:
-            text = json.dumps({"type": event.type, "data": event.data}, default=str)
+            data = event.data
+            if event.type == "status":  # a marker: the count as it is now, not as it was when posted
+                data = await asyncio.to_thread(self.status_data)
+            text = json.dumps({"type": event.type, "data": data}, default=str)
             sends = [ws.send_str(text) for _, ws in targets]
         for send in sends:
             try:

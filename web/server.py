@@ -8,8 +8,11 @@ non-loopback address requires a token.
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 import os
 import platform
+import socket
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -28,8 +31,9 @@ from nodes import devices, paths
 from . import files
 from .files import error
 from .hub import Hub
-from .security import is_loopback, origin_middleware, token_middleware
+from .security import allowed_hosts, is_loopback, origin_middleware, token_middleware
 
+log = logging.getLogger("sumi.web")
 MiB = 1024 * 1024
 COMFY_API_VERSION = "0.3.64"  # the ComfyUI release whose API this server follows
 API_KEY: web.AppKey[Api] = web.AppKey("sumi.api")
@@ -50,7 +54,9 @@ def create_app(dispatcher: Dispatcher, registry: Registry, config: ServerConfig 
     config = config or ServerConfig()
     if not is_loopback(config.listen) and not config.token:
         raise ValueError(f"listening on {config.listen} (not loopback) requires a token")
-    middlewares = [origin_middleware(config.cors_origin)]
+    # Without a token the server is loopback-only, and only loopback names may reach it (DNS rebinding).
+    hosts = None if config.token else allowed_hosts(config.listen)
+    middlewares = [origin_middleware(config.cors_origin, hosts)]
     if config.token:
         middlewares.append(token_middleware(config.token))
     app = web.Application(middlewares=middlewares, client_max_size=config.max_upload_size)
@@ -133,8 +139,10 @@ class Api:
         if body.get("number") is not None:
             try:
                 number = float(body["number"])
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 return error(400, "invalid_request", "number must be a number")
+            if not math.isfinite(number):
+                return error(400, "invalid_request", "number must be a finite number")
         prompt_id = body.get("prompt_id")
         prompt = body["prompt"]
         if is_ui_format(prompt):
@@ -247,6 +255,28 @@ class Api:
         if folder not in paths.FOLDERS.models and folder not in paths.ALIASES:
             return error(404, "unknown_folder", f"no model folder {folder!r}")
         return web.json_response(await asyncio.to_thread(paths.list_models, folder))
+
+
+def bindable_hosts(hosts: list[str]) -> list[str]:
+    """The --listen addresses to bind: the IPv6 wildcard `::` is dropped, with a warning, where this machine has
+    no IPv6, so bare `--listen` (`0.0.0.0,::`) falls back to 0.0.0.0. Other addresses are kept as given, so
+    one that cannot be bound fails loudly, as does `::` when it is the only one."""
+    keep = []
+    for host in hosts:
+        if host.strip("[]") == "::" and not _can_bind_v6("::"):
+            log.warning("IPv6 is not available here: not listening on ::")
+            continue
+        keep.append(host)
+    return keep or hosts
+
+
+def _can_bind_v6(address: str) -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind((address, 0))
+        return True
+    except OSError:
+        return False
 
 
 def validation_response(prompt: Any, failed: ValidationFailed, registry: Registry) -> dict[str, Any]:

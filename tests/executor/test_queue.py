@@ -2,19 +2,24 @@
 reopening the file, ComfyUI's history shape and paging, the history cap, and credentials never stored.
 LocalDispatcher on toy nodes: priority order with the cache shared across prompts, `executing {node: null}`
 after history is written, a failing node (and an OOM) then the next prompt, validation on submit, interrupt
-of only the named running prompt, a clean stop putting the running prompt back, /free when idle."""
+of only the named running prompt, a clean stop putting the running prompt back, /free when idle.
+Robustness: a failed COMMIT is rolled back, a rollback never masks the error; one store per database (file
+lock); the worker outlives anything (store errors, SystemExit/KeyboardInterrupt in a node); a stop that times
+out still puts the running prompt back; the queue is read as one snapshot."""
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from executor import dispatch
 from executor.dispatch import LocalDispatcher
 from executor.errors import ValidationFailed
-from executor.queue import CRASHED_TWICE, DuplicatePromptId, InvalidTransition, PromptStore, State
+from executor.queue import CRASHED_TWICE, DuplicatePromptId, InvalidTransition, PromptStore, State, StoreInUse
 from executor.runner import Event, Executor
 from executor.schema import Input, Node, Output, Registry, Result
 
@@ -74,6 +79,69 @@ def test_duplicate_prompt_id_refused(db: Path) -> None:
     add(store, "a")
     with pytest.raises(DuplicatePromptId):
         add(store, "a")
+
+
+def test_non_finite_number_is_not_a_duplicate(db: Path) -> None:
+    store = PromptStore(db)
+    for number in (float("nan"), float("inf"), float("-inf")):
+        with pytest.raises(ValueError) as caught:
+            store.enqueue("x", number, PROMPT, {}, ["1"])
+        assert not isinstance(caught.value, DuplicatePromptId)
+    store._db.execute("CREATE TRIGGER no_b BEFORE INSERT ON items WHEN NEW.prompt_id = 'b' "
+                      "BEGIN SELECT RAISE(ABORT, 'CHECK constraint failed: no b'); END")
+    with pytest.raises(sqlite3.IntegrityError) as other:  # another constraint: not reported as a duplicate
+        add(store, "b")
+    assert not isinstance(other.value, DuplicatePromptId)
+    assert store.pending() == []
+
+
+class _FailingCommit:
+    """The store's connection, except that COMMIT fails (a full disk, an I/O error)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        if sql == "COMMIT":
+            raise sqlite3.OperationalError("disk I/O error")
+        return self.db.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.db, name)
+
+
+def test_failed_commit_is_rolled_back(db: Path) -> None:
+    store = PromptStore(db)
+    real = store._db
+    store._db = _FailingCommit(real)  # type: ignore[assignment]
+    with pytest.raises(sqlite3.OperationalError, match="disk I/O"):
+        add(store, "lost", number=0)
+    store._db = real
+    assert not real.in_transaction  # not left open: every later transaction would fail to BEGIN
+    add(store, "next", number=1)
+    assert [i.prompt_id for i in store.pending()] == ["next"]
+
+
+def test_rollback_never_masks_the_error(db: Path) -> None:
+    store = PromptStore(db)
+    with pytest.raises(ValueError, match="the real problem"), store._tx() as tx:
+        tx.execute("ROLLBACK")  # as SQLite does by itself on some errors: nothing left to roll back
+        raise ValueError("the real problem")
+    add(store, "a")
+    assert [i.prompt_id for i in store.pending()] == ["a"]
+
+
+def test_one_store_per_database(db: Path) -> None:
+    first = PromptStore(db)
+    add(first, "running")
+    first.claim_next()
+    with pytest.raises(StoreInUse, match="in use by another Sumi server"):
+        PromptStore(db)  # a second server: it must not recover() (re-queue) the first one's running prompt
+    assert first.get("running").state is State.RUNNING
+    first.close()
+    second = PromptStore(db)  # the lock goes with the store
+    assert second.recover() == (["running"], [])
+    second.close()
 
 
 def test_sequence_and_wall_times_never_decrease(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -220,6 +288,33 @@ class Slow(Node):
         return Result((), {"text": [str(x)]})
 
 
+class Exit(Node):
+    """A node that raises what `except Exception` does not catch."""
+
+    type = "Exit"
+    output_node = True
+    inputs = (Input("x", "INT"), Input("kind", "STRING", default="exit", optional=True))
+
+    def run(self, ctx: Any, x: int, kind: str = "exit") -> Result:
+        raise SystemExit(3) if kind == "exit" else KeyboardInterrupt()
+
+
+HOLD = threading.Event()
+
+
+class Stubborn(Node):
+    """A node that ignores interrupts until HOLD is set."""
+
+    type = "Stubborn"
+    output_node = True
+    inputs = (Input("x", "INT"),)
+
+    def run(self, ctx: Any, x: int) -> Result:
+        ctx.progress(0, 1)
+        HOLD.wait(10)
+        return Result((), {"text": [str(x)]})
+
+
 class OutOfMemoryError(RuntimeError):
     pass
 
@@ -242,7 +337,7 @@ def toy(x: int, steps: int = 1, sink: str = "Slow", **inputs: Any) -> dict[str, 
 @pytest.fixture
 def dispatcher(db: Path) -> Any:
     registry = Registry()
-    registry.register(Value, Slow, Boom)
+    registry.register(Value, Slow, Boom, Exit, Stubborn)
     d = LocalDispatcher(PromptStore(db), Executor(registry))
     events: list[tuple[Event, str | None]] = []
     d.subscribe(lambda event, client: events.append((event, client)))
@@ -284,7 +379,8 @@ def test_dispatcher_runs_in_priority_order_and_caches(dispatcher: Any) -> None:
     ends = [(e.data, c) for e, c in events if e.type == "executing" and e.data["node"] is None]
     assert len(ends) == 4 and (({"node": None, "prompt_id": first.prompt_id}, "c") in ends)
     assert recorded_first == [True] * 4
-    assert events[-1][0].type == "status" and events[-1][0].data["status"]["exec_info"]["queue_remaining"] == 0
+    assert events[-1][0].type == "status" and events[-1][0].data == {}  # a marker: the hub reads the count
+    assert d.queue_remaining() == 0
 
 
 def test_dispatcher_error_then_next_and_oom(dispatcher: Any) -> None:
@@ -343,3 +439,95 @@ def test_free_clears_cache_when_idle(dispatcher: Any) -> None:
     assert d.executor.cache.stats()["outputs"]["entries"] > 0
     d.free(unload_models=False, free_memory=True)
     wait_for(lambda: d.executor.cache.stats()["outputs"]["entries"] == 0)
+
+
+def test_base_exceptions_in_nodes_are_execution_errors(dispatcher: Any) -> None:
+    d, events = dispatcher
+    exits = d.submit(toy(1, sink="Exit"))
+    keyboard = d.submit(toy(2, sink="Exit", kind="keyboard"))
+    good = d.submit(toy(3))
+    d.start()
+    wait_for(done(d, 3), timeout=5)
+    history = d.store.history()
+    for prompt_id, kind in ((exits.prompt_id, "SystemExit"), (keyboard.prompt_id, "KeyboardInterrupt")):
+        assert history[prompt_id]["status"]["status_str"] == "error"
+        assert history[prompt_id]["status"]["messages"][-1][1]["exception_type"] == f"builtins.{kind}"
+    assert history[good.prompt_id]["status"]["status_str"] == "success"
+    assert sum(e.type == "execution_error" for e, _ in events) == 2
+
+
+def test_worker_survives_store_and_free_failures(dispatcher: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    d, _ = dispatcher
+    monkeypatch.setattr(dispatch, "ERROR_PAUSE", 0.01, raising=False)
+    real_claim, real_free = d.store.claim_next, d._apply_free
+    failures = [sqlite3.OperationalError("database is locked"), KeyboardInterrupt(), SystemExit(1)]
+
+    def flaky_claim() -> Any:
+        if failures:
+            raise failures.pop(0)
+        return real_claim()
+
+    def flaky_free() -> None:
+        monkeypatch.setattr(d, "_apply_free", real_free)
+        raise KeyboardInterrupt()
+
+    monkeypatch.setattr(d.store, "claim_next", flaky_claim)
+    monkeypatch.setattr(d, "_apply_free", flaky_free)
+    first = d.submit(toy(1))
+    d.start()
+    wait_for(done(d, 1), timeout=5)
+    assert not failures and d.store.history()[first.prompt_id]["status"]["status_str"] == "success"
+
+
+def test_worker_failure_on_a_claimed_prompt_records_an_error(dispatcher: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    d, events = dispatcher
+    monkeypatch.setattr(dispatch, "ERROR_PAUSE", 0.01, raising=False)
+    real_run = d._run
+
+    def dies_once(running: Any) -> None:
+        monkeypatch.setattr(d, "_run", real_run)
+        raise SystemExit(2)
+
+    monkeypatch.setattr(d, "_run", dies_once)
+    lost = d.submit(toy(1), extra_data={"client_id": "c"})
+    good = d.submit(toy(2))
+    d.start()
+    wait_for(done(d, 2), timeout=5)
+    history = d.store.history()
+    assert history[lost.prompt_id]["status"]["status_str"] == "error"
+    assert history[good.prompt_id]["status"]["status_str"] == "success"
+    assert any(e.type == "executing" and e.data == {"node": None, "prompt_id": lost.prompt_id} and c == "c"
+               for e, c in events)
+
+
+def test_stop_timeout_releases_the_running_prompt(dispatcher: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    d, events = dispatcher
+    crashes: list[Any] = []
+    monkeypatch.setattr(threading, "excepthook", crashes.append)
+    HOLD.clear()
+    stuck = d.submit(toy(1, sink="Stubborn"))
+    d.start()
+    worker = d._thread
+    wait_for(lambda: any(e.type == "progress" for e, _ in events))
+    d.stop(timeout=0.1)  # the node ignores the interrupt
+    item = d.store.get(stuck.prompt_id)
+    assert item.state is State.PENDING and item.attempts == 0
+    d.store.close()
+    HOLD.set()  # the node returns: its prompt is no longer running and the store is closed
+    worker.join(5)
+    assert not worker.is_alive() and crashes == []
+
+
+def test_queue_status_is_one_snapshot(dispatcher: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    d, _ = dispatcher
+    first = d.submit(toy(1))
+    real_pending = d.store.pending
+
+    def worker_claims_meanwhile() -> Any:  # the worker claims between a read of pending and one of running
+        items = real_pending()
+        d.store.claim_next()
+        return items
+
+    monkeypatch.setattr(d.store, "pending", worker_claims_meanwhile)
+    status = d.status()
+    assert [i.prompt_id for i in status.pending + status.running] == [first.prompt_id]

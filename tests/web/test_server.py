@@ -410,7 +410,8 @@ def test_loopback_detection() -> None:
     assert ServerConfig().listen == "127.0.0.1"
     assert is_loopback("127.0.0.1") and is_loopback("::1,localhost") and not is_loopback("0.0.0.0")
     assert not is_loopback("127.0.0.1,192.168.1.5") and not is_loopback("myhost.lan")
-    assert same_origin("http://127.0.0.1:8188", "127.0.0.1:8188") and same_origin("http://localhost", "localhost:1")
+    assert same_origin("http://127.0.0.1:8188", "127.0.0.1:8188") and same_origin("http://localhost", "localhost")
+    assert not same_origin("http://localhost", "localhost:1")  # a missing port is the default one, 80
     assert not same_origin("null", "127.0.0.1:8188") and not same_origin("http://a.b:1", "a.bc:1")
 
 
