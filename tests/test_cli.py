@@ -30,19 +30,6 @@ NODE_TYPES = {"CheckpointLoaderSimple", "CLIPTextEncode", "CLIPSetLastLayer", "K
 HEAVY = ("torch", "diffusers", "transformers", "safetensors", "numpy")
 
 
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny default checkpoint, built once per session into a session temp dir."""
-    from nodes import models, paths
-
-    saved = paths.FOLDERS
-    try:
-        paths.configure(tmp_path_factory.mktemp("tiny_checkpoint"))
-        return models.ensure_default_checkpoint()
-    finally:
-        paths.FOLDERS = saved
-
-
 def make_base(root: Path, checkpoint: Path) -> Path:
     (root / "models" / "checkpoints").mkdir(parents=True)
     (root / "models" / "checkpoints" / CKPT).symlink_to(checkpoint)

@@ -39,17 +39,6 @@ CKPT = models.DEFAULT_CHECKPOINT
 # ---------------------------------------------------------------- fixtures and graph helpers
 
 
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny default checkpoint, built once per session into a session temp dir."""
-    saved = paths.FOLDERS
-    try:
-        paths.configure(tmp_path_factory.mktemp("tiny_checkpoint"))
-        return models.ensure_default_checkpoint()
-    finally:
-        paths.FOLDERS = saved
-
-
 @pytest.fixture
 def base(tmp_path: Path, tiny_checkpoint: Path) -> Iterator[Path]:
     """A fresh base directory holding (a link to) the tiny checkpoint; the process folders point at it."""

@@ -27,17 +27,6 @@ REPO = Path(__file__).resolve().parents[2]
 CKPT = models.DEFAULT_CHECKPOINT
 
 
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny default checkpoint, built once per session."""
-    saved = paths.FOLDERS
-    try:
-        paths.configure(tmp_path_factory.mktemp("tiny_checkpoint"))
-        return models.ensure_default_checkpoint()
-    finally:
-        paths.FOLDERS = saved
-
-
 def make_base(root: Path, checkpoint: Path) -> Path:
     (root / "models" / "checkpoints").mkdir(parents=True)
     (root / "models" / "checkpoints" / CKPT).symlink_to(checkpoint)
