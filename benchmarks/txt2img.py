@@ -12,8 +12,10 @@ Scenarios:
   cold   process start -> PNG on disk, wall time and the child's peak RSS (os.wait4 rusage of that child only).
          Sumi: `main.py run WORKFLOW --device cpu --precision fp32 --threads T --base-directory TMP`.
          diffusers: a child that imports diffusers, loads `from_single_file`, runs once and saves a PNG.
-  warm   one long-lived process per system (as a server would be), model loaded by the first run, then:
-         identical re-run (Sumi must run 0 nodes), seed changed, prompt changed. Peak RSS of that process.
+  warm   one long-lived process per system (as a server would be), both alive for the repeat but computing one
+         at a time: start -> first image (imports, load, run), then, alternating Sumi / diffusers per scenario:
+         identical re-run (Sumi must run 0 nodes), seed changed, prompt changed. Peak RSS of each process.
+Within a repeat the order is A B for every measurement; A is Sumi on even repeats and diffusers on odd ones.
 
 This file's top level imports only the standard library (the parent adds psutil): the parent stays small, so the
 children's peak RSS is theirs alone (a vfork'ed child inherits the parent's RSS high-water mark until exec).
@@ -154,34 +156,32 @@ def child_diffusers_cold(args: argparse.Namespace) -> None:
     _diffusers_run(pipe, args.size, SEED, PROMPT, Path(args.out), args.steps)
 
 
-def _warm(args: argparse.Namespace, setup: Callable[[], Callable[[int, str], dict[str, Any]]]) -> None:
-    """The warm scenarios in one process. `setup` imports and prepares (diffusers: loads the pipeline) and
-    returns `run(seed, text) -> extra facts`. The first run counts from process start (imports, load, run);
-    the others are retried (with a fresh seed/prompt variation) when other processes used the CPU meanwhile."""
+RESULT_MARK = "@@result "
+
+
+def _reply(result: dict[str, Any]) -> None:
+    sys.stdout.write(RESULT_MARK + json.dumps(result) + "\n")
+    sys.stdout.flush()
+
+
+def _serve(setup: Callable[[], Callable[[int, str], dict[str, Any]]]) -> None:
+    """A warm process: `setup` imports and prepares (diffusers: loads the pipeline) and returns
+    `run(seed, text) -> extra facts`. The first run is timed from here (imports, load, run) and reported at once;
+    then each stdin line `{"seed": S, "text": T}` is one timed run, `{"exit": true}` ends the process."""
     first = Meter().__enter__()
     run = setup()
     setup_s = time.perf_counter() - first.t0
     info = run(SEED, PROMPT)
     first.__exit__()
-    phases = {"first": {"s": first.wall, "foreign_cpu_s": first.foreign, "setup_s": setup_s, "attempts": 1,
-                        **first.own, **info}}
-    seed, text = SEED, PROMPT
-    for name in ("identical", "seed", "prompt"):
-        attempts = []
-        for attempt in range(1 + args.retries):
-            wait_quiet(args.wait_quiet)
-            if name == "seed":
-                seed = SEED + 1 + attempt
-            elif name == "prompt":
-                text = PROMPT_CHANGED + (f", variation {attempt}" if attempt else "")
-            with Meter() as m:
-                info = run(seed, text)
-            attempts.append({"s": m.wall, "foreign_cpu_s": m.foreign, "seed": seed, "text": text, **m.own, **info})
-            if not noisy(m.wall, m.foreign):
-                break
-        best = min(attempts, key=lambda a: a["foreign_cpu_s"] / max(a["s"], 1e-9))
-        phases[name] = {**best, "attempts": len(attempts)}
-    Path(args.result).write_text(json.dumps({"phases": phases}))
+    _reply({"s": first.wall, "foreign_cpu_s": first.foreign, "setup_s": setup_s, "seed": SEED, "text": PROMPT,
+            **first.own, **info})
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        if cmd.get("exit"):
+            break
+        with Meter() as m:
+            info = run(cmd["seed"], cmd["text"])
+        _reply({"s": m.wall, "foreign_cpu_s": m.foreign, "seed": cmd["seed"], "text": cmd["text"], **m.own, **info})
 
 
 def child_diffusers_warm(args: argparse.Namespace) -> None:
@@ -204,7 +204,7 @@ def child_diffusers_warm(args: argparse.Namespace) -> None:
 
         return run
 
-    _warm(args, setup)
+    _serve(setup)
 
 
 def child_sumi_warm(args: argparse.Namespace) -> None:
@@ -241,7 +241,7 @@ def child_sumi_warm(args: argparse.Namespace) -> None:
 
         return run
 
-    _warm(args, setup)
+    _serve(setup)
 
 
 CHILDREN = {"diffusers-cold": child_diffusers_cold, "diffusers-warm": child_diffusers_warm,
@@ -324,13 +324,72 @@ def cold_run(args: argparse.Namespace, cmd: list[str], log: Path, env: dict[str,
     return {**best, "attempts": len(attempts)}
 
 
+class Worker:
+    """A warm child process (`--child sumi-warm|diffusers-warm`), driven one run at a time over stdin/stdout."""
+
+    def __init__(self, system: str, cmd: list[str], log: Path, env: dict[str, str]) -> None:
+        self.system, self.log_path = system, log
+        self.log = open(log, "wb")
+        self.proc = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
+                                     env=env, text=True, bufsize=1)
+        self.seed, self.text = SEED, PROMPT
+
+    def read(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if line.startswith(RESULT_MARK):
+                result = json.loads(line[len(RESULT_MARK):])
+                self.seed, self.text = result["seed"], result["text"]
+                return result
+        tail = self.log_path.read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"{self.system} warm process ended early; log {self.log_path}:\n{tail}")
+
+    def run(self, seed: int, text: str) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps({"seed": seed, "text": text}) + "\n")
+        self.proc.stdin.flush()
+        return self.read()
+
+    def close(self) -> dict[str, Any]:
+        """End the process; its own peak RSS (os.wait4) and CPU time."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps({"exit": True}) + "\n")
+        self.proc.stdin.close()
+        _, status, usage = os.wait4(self.proc.pid, 0)
+        self.proc.returncode = os.waitstatus_to_exitcode(status)
+        self.log.close()
+        return {"rss_gib": usage.ru_maxrss / 2**20, "cpu_s": usage.ru_utime + usage.ru_stime,
+                "exit_code": self.proc.returncode}
+
+
+def warm_scenario(args: argparse.Namespace, worker: Worker, name: str) -> dict[str, Any]:
+    """One warm measurement that changes exactly one thing from the worker's previous run (identical: nothing);
+    retried with a fresh seed / prompt variation when disturbed, the least disturbed attempt kept."""
+    attempts = []
+    for attempt in range(1 + args.retries):
+        wait_quiet(args.wait_quiet)
+        seed, text = worker.seed, worker.text
+        if name == "seed":
+            seed += 1
+        elif name == "prompt":
+            text = PROMPT_CHANGED + (f", variation {attempt}" if attempt else "")
+        r = worker.run(seed, text)
+        attempts.append(r)
+        if not noisy(r["s"], r["foreign_cpu_s"]):
+            break
+    best = min(attempts, key=lambda a: a["foreign_cpu_s"] / max(a["s"], 1e-9))
+    return {**best, "attempts": len(attempts)}
+
+
 def measure(args: argparse.Namespace, ckpt: Path, tmp: Path) -> dict[str, Any]:
+    """Every measurement, per size. Order within a repeat: cold A, cold B, warm first A, warm first B, then per
+    warm scenario A, B. A is Sumi on even repeats and diffusers on odd ones (A B B A: no system always goes
+    first). Both warm processes stay alive for the repeat and only one computes at a time."""
     py = sys.executable
     me = str(Path(__file__).resolve())
     raw: dict[str, Any] = {}
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    common = ["--threads", str(args.threads), "--steps", str(args.steps), "--checkpoint", str(ckpt),
-              "--wait-quiet", str(args.wait_quiet), "--retries", str(args.retries)]
+    common = ["--threads", str(args.threads), "--steps", str(args.steps), "--checkpoint", str(ckpt)]
     for size in args.sizes:
         cells: dict[str, list[Any]] = {k: [] for k in ("sumi_cold", "diffusers_cold", "sumi_warm", "diffusers_warm")}
         raw[str(size)] = cells
@@ -340,35 +399,47 @@ def measure(args: argparse.Namespace, ckpt: Path, tmp: Path) -> dict[str, Any]:
             tag = f"{size}px rep {rep + 1}/{args.repeats}"
             run_dir = tmp / f"r{size}_{rep}"
             run_dir.mkdir()
-            # --- cold: Sumi, then diffusers
-            sumi_out = run_dir / "sumi_cold"
-            r = cold_run(args, [py, "main.py", "run", str(wf_path), "--threads", str(args.threads), "--device", "cpu",
-                                "--precision", "fp32", "--base-directory", str(tmp), "--output-dir", str(sumi_out)],
-                         run_dir / "sumi_cold.log", env, lambda out=sumi_out: any(out.glob("*.png")), "Sumi cold")
-            shutil.rmtree(sumi_out)
-            cells["sumi_cold"].append(r)
-            _log(tag, "Sumi cold", r)
-            png = run_dir / "diffusers_cold.png"
-            r = cold_run(args, [py, me, "--child", "diffusers-cold", "--size", str(size), "--out", str(png), *common],
-                         run_dir / "diffusers_cold.log", env, png.is_file, "diffusers cold")
-            png.unlink()
-            cells["diffusers_cold"].append(r)
-            _log(tag, "diffusers cold", r)
-            # --- warm: Sumi, then diffusers, each in its own process
-            for system in ("sumi", "diffusers"):
-                wait_quiet(args.wait_quiet)
-                result = run_dir / f"{system}_warm.json"
-                r = run_child([py, me, "--child", f"{system}-warm", "--size", str(size), "--tmp", str(tmp),
-                               "--out", str(run_dir / f"{system}_warm"), "--result", str(result), *common],
-                              run_dir / f"{system}_warm.log", env)
-                r.update(json.loads(result.read_text()))
+            order = ("sumi", "diffusers") if rep % 2 == 0 else ("diffusers", "sumi")
+            for system in order:  # cold
+                if system == "sumi":
+                    out = run_dir / "sumi_cold"
+                    cmd = [py, "main.py", "run", str(wf_path), "--threads", str(args.threads), "--device", "cpu",
+                           "--precision", "fp32", "--base-directory", str(tmp), "--output-dir", str(out)]
+                    r = cold_run(args, cmd, run_dir / "sumi_cold.log", env, lambda out=out: any(out.glob("*.png")),
+                                 "Sumi cold")
+                    shutil.rmtree(out)
+                else:
+                    png = run_dir / "diffusers_cold.png"
+                    cmd = [py, me, "--child", "diffusers-cold", "--size", str(size), "--out", str(png), *common]
+                    r = cold_run(args, cmd, run_dir / "diffusers_cold.log", env, png.is_file, "diffusers cold")
+                    png.unlink()
+                cells[f"{system}_cold"].append(r)
+                _log(tag, f"{system} cold", r)
+            workers: dict[str, Worker] = {}
+            phases: dict[str, dict[str, Any]] = {system: {} for system in order}
+            try:
+                for system in order:  # warm: start -> first image, one process at a time
+                    wait_quiet(args.wait_quiet)
+                    workers[system] = Worker(system, [py, me, "--child", f"{system}-warm", "--size", str(size),
+                                                      "--tmp", str(tmp), "--out", str(run_dir / f"{system}_warm"),
+                                                      *common], run_dir / f"{system}_warm.log", env)
+                    phases[system]["first"] = {**workers[system].read(), "attempts": 1}
+                for name in ("identical", "seed", "prompt"):
+                    for system in order:
+                        phases[system][name] = warm_scenario(args, workers[system], name)
+            finally:
+                ends = {system: w.close() for system, w in workers.items()}
+            for system in order:
+                r = {**ends[system], "phases": phases[system],
+                     "s": sum(p["s"] for p in phases[system].values()),
+                     "foreign_cpu_s": sum(p["foreign_cpu_s"] for p in phases[system].values())}
                 cells[f"{system}_warm"].append(r)
                 _log(tag, f"{system} warm", r)
     return raw
 
 
 def _log(tag: str, what: str, r: dict[str, Any]) -> None:
-    text = f"[{tag}] {what}: {r['s']:.2f}s process, peak RSS {r['rss_gib']:.2f} GiB"
+    text = f"[{tag}] {what}: {r['s']:.2f}s, peak RSS {r['rss_gib']:.2f} GiB"
     if "phases" in r:
         text += "; " + ", ".join(f"{k} {v['s']:.2f}s" + (f" ({len(v['ran'])} nodes)" if "ran" in v else "")
                                  + (f" [{v['attempts']} tries]" if v["attempts"] > 1 else "")
@@ -460,7 +531,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--tmp", help=argparse.SUPPRESS)
-    parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.child:
