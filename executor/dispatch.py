@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from . import hostmem
 from .errors import ValidationFailed
 from .queue import InvalidTransition, PromptStore, QueueItem, State, split_secrets
 from .runner import Event, Executor, RunResult
@@ -294,6 +295,7 @@ class LocalDispatcher:
             self.executor.cache.clear("models")
         gc.collect()
         empty_accelerator_cache()
+        hostmem.trim()
 
 
 def empty_accelerator_cache() -> None:

@@ -64,12 +64,14 @@ def ensure_default_checkpoint() -> Path:
 def load(path: Path) -> tuple[DiffusionModel, object, VAEModel]:
     """Load a checkpoint file into MODEL, CLIP and VAE on the configured device and dtypes."""
     from .diffusion.checkpoint import load_checkpoint
+
+    policy = devices.POLICY
+    # first: it reads the file on a background thread while diffusers and transformers are imported
+    ckpt = load_checkpoint(path, device=policy.device, dtype=policy.unet_dtype())
     from .diffusion.clip_encode import ClipTextEncoder
     from .diffusion.model_sampling import ModelSamplingDiscrete
     from .diffusion.tokenizer import load_clip_tokenizer
 
-    policy = devices.POLICY
-    ckpt = load_checkpoint(path, device=policy.device, dtype=policy.unet_dtype())
     s = ckpt.schedule
     sampling = ModelSamplingDiscrete(s["beta_start"], s["beta_end"], s["beta_schedule"],
                                      s["num_train_timesteps"]).to(policy.device)

@@ -114,10 +114,14 @@ class Checkpoint:
 
 
 class _Lazy(Mapping[str, torch.Tensor]):
-    """Names and shapes up front (`meta`), tensor data only when asked for (`get`)."""
+    """Names and shapes up front (`meta`), tensor data only when asked for (`get`); every tensor returned
+    is the caller's own (never a view of a file mapping or of a reused buffer)."""
 
     def __init__(self, meta: Mapping[str, torch.Tensor], get: Callable[[str], torch.Tensor]) -> None:
         self.meta, self._get = meta, get
+
+    def __contains__(self, name: object) -> bool:  # Mapping's default would read the tensor
+        return name in self.meta
 
     def __getitem__(self, name: str) -> torch.Tensor:
         if name not in self.meta:
@@ -131,29 +135,185 @@ class _Lazy(Mapping[str, torch.Tensor]):
         return len(self.meta)
 
 
+class _SafetensorsReader:
+    """A .safetensors file read with plain `readinto` calls, tensor by tensor.
+
+    Not memory-mapped on purpose: pages of a mapping count towards the process's resident memory, so a
+    mapped 2 GB fp16 file converted to 4 GB of fp32 peaks at 6 GB. Here a tensor already in the wanted
+    dtype is read straight into its own storage, and one that needs a cast passes through a single reused
+    staging buffer, so loading peaks at the converted weights plus the largest tensor.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file = open(path, "rb")  # closed by close()
+        self._stage = torch.empty(0, dtype=torch.uint8)
+        try:
+            self.entries = self._parse_header()
+        except BaseException:
+            self._file.close()
+            raise
+        self.meta = {k: torch.empty(shape, dtype=dt, device="meta") for k, (dt, shape, _, _) in self.entries.items()}
+
+    def _parse_header(self) -> dict[str, tuple[torch.dtype, list[int], int, int]]:
+        size = os.fstat(self._file.fileno()).st_size
+        head = self._file.read(8)
+        if len(head) < 8:
+            raise ValueError("shorter than the 8-byte header length")
+        (n,) = struct.unpack("<Q", head)
+        if n > min(size - 8, 100 << 20):
+            raise ValueError(f"header length {n} does not fit a {size}-byte file")
+        try:
+            header = json.loads(self._file.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"header is not JSON: {e}") from e
+        if not isinstance(header, dict):
+            raise ValueError("header is not a JSON object")
+        start, data = 8 + n, size - 8 - n
+        entries = {}
+        for name, e in header.items():
+            if name == "__metadata__":
+                continue
+            try:
+                dtype, shape, (begin, end) = _ST_DTYPES[e["dtype"]], [int(s) for s in e["shape"]], e["data_offsets"]
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ValueError(f"tensor {name!r}: bad header entry {e!r}") from exc
+            nbytes = math.prod(shape) * dtype.itemsize
+            if not (isinstance(begin, int) and isinstance(end, int) and 0 <= begin <= end <= data) \
+                    or end - begin != nbytes or any(s < 0 for s in shape):
+                raise ValueError(f"tensor {name!r}: offsets {begin}..{end} do not hold shape {shape} "
+                                 f"{e['dtype']} inside {data} data bytes")
+            entries[name] = (dtype, shape, start + begin, nbytes)
+        return entries
+
+    def _read(self, offset: int, out: torch.Tensor) -> None:
+        view = out.reshape(-1).view(torch.uint8).numpy()
+        self._file.seek(offset)
+        if self._file.readinto(view) != view.nbytes:
+            raise CheckpointError("the file ended inside a tensor (was it changed while loading?)",
+                                  reason="unreadable", path=self.path)
+
+    def read(self, name: str, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> torch.Tensor:
+        """A new tensor holding `name`, cast to `dtype` and moved to `device` on the way."""
+        stored, shape, offset, nbytes = self.entries[name]
+        dtype = dtype or stored
+        if dtype == stored and torch.device(device).type == "cpu":
+            out = torch.empty(shape, dtype=stored)
+            self._read(offset, out)
+            return out
+        if self._stage.numel() < nbytes:
+            self._stage = torch.empty(nbytes, dtype=torch.uint8)
+        staged = self._stage[:nbytes]
+        self._read(offset, staged)
+        out = staged.view(stored).reshape(shape).to(device=device, dtype=dtype)  # a copy: dtype/device differ
+        return out
+
+    def order(self) -> list[str]:
+        """Tensor names in file order (sequential reads)."""
+        return sorted(self.entries, key=lambda k: self.entries[k][2])
+
+    def close(self) -> None:
+        self._stage = torch.empty(0, dtype=torch.uint8)
+        self._file.close()
+
+
+class _Source:
+    """An open checkpoint: `meta` (names → meta tensors), `read(name, device, dtype)` giving a new tensor
+    per call, and `order()`, the names in the order reading them is cheapest."""
+
+    def __init__(self, meta: Mapping[str, torch.Tensor], read: Callable[..., torch.Tensor],
+                 order: Callable[[], list[str]]) -> None:
+        self.meta, self.read, self.order = meta, read, order
+
+    def lazy(self) -> _Lazy:
+        return _Lazy(self.meta, self.read)
+
+
 @contextlib.contextmanager
-def _open(path: Path) -> Iterator[_Lazy]:
+def _open(path: Path) -> Iterator[_Source]:
     if not path.is_file():
         raise CheckpointError("file not found", reason="not_found", path=path)
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
-        from safetensors import SafetensorError, safe_open
         try:
-            f = safe_open(str(path), framework="pt", device="cpu")
-            meta = {}
-            for k in f.keys():
-                s = f.get_slice(k)
-                meta[k] = torch.empty(s.get_shape(), dtype=_ST_DTYPES[s.get_dtype()], device="meta")
-        except (SafetensorError, KeyError, OSError) as e:
+            reader = _SafetensorsReader(path)
+        except (ValueError, OSError) as e:
             raise CheckpointError(f"not a readable safetensors file ({e})", reason="unreadable", path=path) from e
-        with f:
-            yield _Lazy(meta, f.get_tensor)
+        try:
+            yield _Source(reader.meta, reader.read, reader.order)
+        finally:
+            reader.close()
     elif suffix in PICKLE_SUFFIXES:
         sd = _torch_load(path)
-        yield _Lazy(sd, sd.__getitem__)
+
+        def read(name: str, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> torch.Tensor:
+            t = sd[name]
+            out = t.to(device=device, dtype=dtype or t.dtype)
+            return out.clone() if out is t else out  # never hand out a tensor that shares the file's mmap
+
+        yield _Source(sd, read, lambda: list(sd))
     else:
         raise CheckpointError(f"unknown checkpoint extension {suffix!r}", path=path,
                               hint="use .safetensors (or .ckpt/.pt/.pth/.bin)")
+
+
+class _Prefetch(Mapping[str, torch.Tensor]):
+    """Reads and casts tensors on a background thread, in file order, while the caller does other work
+    (importing diffusers and building the modules: about 4 s of Python that holds the GIL, while reading
+    and casting release it). `self[name]` waits for that tensor; a reading error is raised there."""
+
+    def __init__(self, source: _Source, names: list[str], device: str | torch.device, dtype: torch.dtype) -> None:
+        import threading
+
+        self.meta, self._done = source.meta, {}
+        self._error: BaseException | None = None
+        self._stop = False
+        self._cond = threading.Condition()
+        self._pending = set(names)
+        self._thread = threading.Thread(target=self._run, args=(source, names, device, dtype),
+                                        name="sumi-checkpoint-read", daemon=True)
+        self._thread.start()
+
+    def _run(self, source: _Source, names: list[str], device: str | torch.device, dtype: torch.dtype) -> None:
+        try:
+            for name in names:
+                if self._stop:
+                    return
+                t = source.read(name, device, dtype if source.meta[name].is_floating_point() else None)
+                with self._cond:
+                    self._done[name] = t
+                    self._pending.discard(name)
+                    self._cond.notify_all()
+        except BaseException as e:  # handed to the reader of the next tensor
+            with self._cond:
+                self._error = e
+                self._cond.notify_all()
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.meta
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self.meta:
+            raise KeyError(name)
+        with self._cond:
+            while name in self._pending and self._error is None:
+                self._cond.wait()
+            if name in self._done:
+                return self._done.pop(name)
+            if self._error is not None:
+                raise self._error
+        raise KeyError(f"{name} was not prefetched")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.meta)
+
+    def __len__(self) -> int:
+        return len(self.meta)
+
+    def close(self) -> None:
+        self._stop = True
+        self._thread.join()
+        self._done.clear()
 
 
 def _torch_load(path: Path) -> dict[str, torch.Tensor]:
@@ -180,8 +340,8 @@ def _torch_load(path: Path) -> dict[str, torch.Tensor]:
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Every tensor of a checkpoint file. Pickles load only with `weights_only=True`; never the network."""
-    with _open(Path(path)) as lazy:
-        return {k: lazy[k] for k in lazy}
+    with _open(Path(path)) as source:
+        return {k: source.read(k) for k in source.order()}
 
 
 # ---------------------------------------------------------------- detection
@@ -403,32 +563,33 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
                     dtype: torch.dtype = torch.float32) -> Checkpoint:
     """Load an SD1.x single-file checkpoint (read once, tensor by tensor, cast to `dtype`).
 
-    Keys the modules do not use (DDPM buffers, position_ids, EMA copies) are never read.
+    Reading starts on a background thread as soon as the family is known, so it overlaps the import of
+    diffusers/transformers and the building of the modules. Keys outside the UNet, VAE and text encoder
+    (DDPM buffers, EMA copies) are never read.
     """
     path = Path(path)
-    with _open(path) as lazy:
+    with _open(path) as opened:
         try:
-            info = detect(lazy.meta)
+            info = detect(opened.meta)
         except CheckpointError as e:
             e.path = str(path)
             raise
-        unet, vae, text = build_modules(info.unet_config, info.vae_config, info.text_config)
-        templates = {"unet": unet.state_dict(), "vae": vae.state_dict(), "text_encoder": text.state_dict()}
-
-        def convert(t: torch.Tensor) -> torch.Tensor:
-            out = t.to(device=device, dtype=dtype)
-            return out.clone() if out is t else out  # never keep a tensor that may share the file's mmap
-
-        source: Mapping[str, torch.Tensor] = lazy
-        if info.text_prefix != L.TEXT_PREFIX:
-            renamed = {k.replace(info.text_prefix, L.TEXT_PREFIX, 1) if k.startswith(info.text_prefix) else k: k
-                       for k in lazy.meta}
-            source = _Lazy({k: lazy.meta[f] for k, f in renamed.items()}, lambda k: lazy[renamed[k]])
+        used = (L.UNET_PREFIX, L.VAE_PREFIX, info.text_prefix)
+        prefetch = _Prefetch(opened, [k for k in opened.order() if k.startswith(used)], device, dtype)
         try:
-            sds = L.from_ldm(source, templates, info.unet_config, info.vae_config, convert)
+            unet, vae, text = build_modules(info.unet_config, info.vae_config, info.text_config)
+            templates = {"unet": unet.state_dict(), "vae": vae.state_dict(), "text_encoder": text.state_dict()}
+            source: Mapping[str, torch.Tensor] = prefetch
+            if info.text_prefix != L.TEXT_PREFIX:
+                renamed = {k.replace(info.text_prefix, L.TEXT_PREFIX, 1) if k.startswith(info.text_prefix) else k: k
+                           for k in opened.meta}
+                source = _Lazy({k: opened.meta[f] for k, f in renamed.items()}, lambda k: prefetch[renamed[k]])
+            sds = L.from_ldm(source, templates, info.unet_config, info.vae_config)
         except (KeyError, ValueError) as e:
             raise CheckpointError(f"layout detected as {info.family} but the tensors do not fit: {e}",
                                   reason="mismatch", path=path, detected=_describe(info.facts["unet"])) from e
+        finally:
+            prefetch.close()
     for module, comp in ((unet, "unet"), (vae, "vae"), (text, "text_encoder")):
         module.load_state_dict(sds.pop(comp), strict=True, assign=True)
         _materialize_buffers(module, device)

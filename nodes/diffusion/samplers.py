@@ -21,8 +21,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torchsde
-from scipy import integrate
 
 Denoiser = Callable[..., torch.Tensor]
 StepCallback = Callable[[dict[str, Any]], None]
@@ -94,6 +92,8 @@ class BrownianTreeNoiseSampler:
         if seed is None:
             seed = int(torch.randint(0, 2**63 - 1, ()).item())
         w0 = torch.zeros(x.shape, dtype=x.dtype)
+        import torchsde  # imported on first use, like scipy below: start-up time only the SDE samplers need
+
         self.tree = torchsde.BrownianTree(t0, w0, t1, entropy=seed)
 
     def __call__(self, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
@@ -231,6 +231,8 @@ def linear_multistep_coeff(order: int, t: Any, i: int, j: int) -> float:
             if k != j:
                 prod *= (tau - t[i - k]) / (t[i - j] - t[i - k])
         return prod
+
+    from scipy import integrate
 
     return integrate.quad(basis, t[i], t[i + 1], epsrel=1e-4)[0]
 

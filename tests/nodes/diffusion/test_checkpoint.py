@@ -196,6 +196,85 @@ def test_damaged_or_unknown_files(tmp_path: Path) -> None:
     assert _refused(tmp_path / "missing.safetensors").reason == "not_found"
 
 
+def test_safetensors_reader_matches_the_safetensors_library(tmp_path: Path) -> None:
+    g = torch.Generator().manual_seed(3)
+    sd = {"a.f16": torch.randn(3, 5, generator=g).half(), "b.bf16": torch.randn(7, generator=g).bfloat16(),
+          "c.f32": torch.randn(2, 2, 2, generator=g), "d.i64": torch.arange(6).reshape(2, 3),
+          "e.scalar": torch.tensor(1.5), "f.empty": torch.zeros(0, 4), "g.bool": torch.tensor([True, False])}
+    path = tmp_path / "m.safetensors"
+    save_file(sd, str(path), metadata={"format": "pt"})
+    got = C.read_state_dict(path)
+    want = load_file(str(path))
+    assert set(got) == set(sd)
+    for k, t in want.items():
+        assert got[k].dtype == t.dtype and got[k].shape == t.shape and torch.equal(got[k], t), k
+    with C._open(path) as source:  # a cast goes through the staging buffer, yet every result is its own
+        first, second = source.read("a.f16", dtype=torch.float32), source.read("c.f32", dtype=torch.float64)
+        third = source.read("b.bf16", dtype=torch.float32)
+    assert torch.equal(first, sd["a.f16"].float()) and torch.equal(second, sd["c.f32"].double())
+    assert torch.equal(third, sd["b.bf16"].float()) and first.data_ptr() != third.data_ptr()
+
+
+def test_damaged_safetensors_headers_are_unreadable(tmp_path: Path) -> None:
+    path = tmp_path / "ok.safetensors"
+    save_file({"w": torch.ones(4, 4)}, str(path))
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+
+    def variant(name: str, head: dict, data: bytes = raw[8 + n:]) -> Path:
+        blob = json.dumps(head).encode()
+        (tmp_path / name).write_bytes(len(blob).to_bytes(8, "little") + blob + data)
+        return tmp_path / name
+
+    cases = {
+        "short": variant("short.safetensors", header, raw[8 + n:-4]),  # the last tensor's bytes are cut off
+        "dtype": variant("dtype.safetensors", {"w": {**header["w"], "dtype": "F17"}}),
+        "shape": variant("shape.safetensors", {"w": {**header["w"], "shape": [4, 5]}}),
+        "list": variant("list.safetensors", [1, 2]),  # type: ignore[arg-type]
+    }
+    (tmp_path / "huge.safetensors").write_bytes((1 << 40).to_bytes(8, "little") + b"{}")
+    cases["huge"] = tmp_path / "huge.safetensors"
+    (tmp_path / "tiny.safetensors").write_bytes(b"\x01")
+    cases["tiny"] = tmp_path / "tiny.safetensors"
+    for what, path in cases.items():
+        with pytest.raises(C.CheckpointError) as info:
+            C.read_state_dict(path)
+        assert info.value.reason == "unreadable" and str(path) in str(info.value), what
+
+
+def test_a_file_cut_while_loading_fails_with_a_clear_error(tmp_path: Path, tiny: Path) -> None:
+    path = tmp_path / "cut.safetensors"
+    path.write_bytes(tiny.read_bytes())
+    with C._open(path) as source:
+        last = source.order()[-1]
+        with open(path, "r+b") as f:  # another program truncates the file after its header was read
+            f.truncate(path.stat().st_size - 8)
+        prefetch = C._Prefetch(source, source.order(), "cpu", torch.float32)
+        try:
+            assert prefetch[source.order()[0]].dtype == torch.float32
+            with pytest.raises(C.CheckpointError, match="ended inside a tensor"):
+                prefetch[last]
+        finally:
+            prefetch.close()
+
+
+def test_prefetch_hands_each_tensor_out_once_in_any_order(tiny: Path, tiny_sd: dict[str, torch.Tensor]) -> None:
+    with C._open(tiny) as source:
+        names = source.order()
+        prefetch = C._Prefetch(source, names, "cpu", torch.float32)
+        try:
+            assert names[0] in prefetch and "no.such.tensor" not in prefetch
+            for name in reversed(names):
+                want = tiny_sd[name]
+                got = prefetch[name]
+                assert torch.equal(got, want.float() if want.is_floating_point() else want), name
+            with pytest.raises(KeyError):
+                prefetch[names[0]]  # handed out already: the loader holds the only reference
+        finally:
+            prefetch.close()
+
+
 # ---------------------------------------------------------------- other layouts
 
 
