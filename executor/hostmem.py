@@ -1,55 +1,85 @@
-"""Host (CPU) memory: glibc malloc settings suited to tensor work, and giving freed memory back.
+"""Host (CPU) memory: a glibc malloc mode for loops that allocate the same tensor sizes over and over.
 
-glibc serves every allocation above a dynamic threshold (128 KiB to 32 MiB) with a fresh `mmap` and
-returns it to the kernel on `free`, and trims the heap top as soon as 128 KiB are free there. A UNet
-forward pass allocates and frees the same activation sizes hundreds of times, so with the defaults every
-one of them page-faults in anew: at 256 px, SD1.5 in fp32, about 2.3 million page faults and 4 CPU-seconds
-of kernel time per four-step image on this project's 2-core CPU. Serving everything from the heap and
-trimming it only past 1 GiB free keeps those pages: the same image took 12.0-12.5 s instead of 14.0-14.8 s
-(sampling and decoding) with 30,000 instead of 2.3 million faults, and the process peaked 0.28 GiB higher.
-Freed memory stays with the process until `trim()` (called when models are unloaded on request).
-Torch's own huge-page option (THP_MEM_ALLOC_ENABLE) was as fast for sampling but doubled checkpoint
-loading time (the kernel compacts memory for every 2 MiB page), so it is not used.
-`SUMI_MALLOC_TUNING=0` leaves glibc's defaults alone.
+glibc serves every allocation above a dynamic threshold (128 KiB to 32 MiB) with a fresh `mmap`, returns it
+to the kernel on `free`, and trims the heap top as soon as 128 KiB are free there. A sampler calls the UNet
+with the same activation sizes at every step, so with these defaults every activation page-faults in anew:
+at 256 px, SD1.5 in fp32, a UNet call (batch 2) took 2.77 s with 480,000 page faults on this project's
+2-core CPU, and 2.35 s with none once everything came from the heap and the heap was kept (`reuse_heap`).
+
+The mode is scoped, not process-wide: kept for a whole run it made the 512 px VAE decode (a few 64 to
+128 MiB buffers of different sizes) fragment the heap, so that process peaked at 7.0 GiB instead of 5.6.
+Inside `reuse_heap()` no allocation gets its own mapping and the heap is trimmed only past 1 GiB free; on
+leaving, glibc's defaults come back and the free heap is handed back to the kernel (`malloc_trim`).
+`SUMI_MALLOC_TUNING=0` turns it off; elsewhere than glibc it does nothing.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import os
 import sys
+import threading
+from collections.abc import Iterator
+from functools import cache
 
-# mallopt parameters (malloc.h)
+# mallopt parameters (malloc.h) and glibc's documented defaults for them
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX = -1, -2, -4
-# M_MMAP_MAX 0: no allocation gets its own mapping (glibc still maps a fresh region if the heap cannot grow)
-SETTINGS = {M_MMAP_MAX: 0, M_TRIM_THRESHOLD: 1 << 30, M_TOP_PAD: 64 << 20}
+DEFAULTS = {M_MMAP_MAX: 65536, M_TRIM_THRESHOLD: 128 << 10, M_TOP_PAD: 128 << 10}
+REUSE = {M_MMAP_MAX: 0, M_TRIM_THRESHOLD: 1 << 30, M_TOP_PAD: 64 << 20}
+SMALL_BUFFERS = 32 << 20  # a loop whose buffers are at most this big reuses the heap without fragmenting it
 
-_tuned = False
+_lock = threading.Lock()
+_depth = 0
 
 
+@cache
 def _libc() -> ctypes.CDLL | None:
     if not sys.platform.startswith("linux"):
         return None
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.gnu_get_libc_version  # noqa: B018 - glibc only (musl has no mallopt parameters to tune)
+        libc.gnu_get_libc_version  # noqa: B018 - glibc only (musl has no such parameters)
     except (OSError, AttributeError):
         return None
     return libc
 
 
-def tune() -> bool:
-    """Apply SETTINGS once per process; True if glibc accepted them all."""
-    global _tuned
-    if _tuned:
-        return True
-    if os.environ.get("SUMI_MALLOC_TUNING", "1") == "0" or (libc := _libc()) is None:
-        return False
-    _tuned = all(libc.mallopt(param, value) == 1 for param, value in SETTINGS.items())
-    return _tuned
+def available() -> bool:
+    """Whether `reuse_heap` changes anything here (glibc, and not switched off by SUMI_MALLOC_TUNING=0)."""
+    return os.environ.get("SUMI_MALLOC_TUNING", "1") != "0" and _libc() is not None
+
+
+def _apply(settings: dict[int, int]) -> None:
+    libc = _libc()
+    assert libc is not None
+    for param, value in settings.items():
+        libc.mallopt(param, value)
+
+
+@contextlib.contextmanager
+def reuse_heap(enabled: bool = True) -> Iterator[bool]:
+    """Serve allocations from a heap that is kept while the block runs; yields whether the mode is on.
+    Nested or concurrent blocks share one mode, which ends with the last of them."""
+    global _depth
+    if not (enabled and available()):
+        yield False
+        return
+    with _lock:
+        _depth += 1
+        if _depth == 1:
+            _apply(REUSE)
+    try:
+        yield True
+    finally:
+        with _lock:
+            _depth -= 1
+            if _depth == 0:
+                _apply(DEFAULTS)
+                trim()
 
 
 def trim() -> None:
-    """Give free heap memory back to the kernel (after unloading models)."""
+    """Give free heap memory back to the kernel (after a heap-reusing block, after unloading models)."""
     if (libc := _libc()) is not None:
         libc.malloc_trim(0)

@@ -5,8 +5,6 @@ from dataclasses import dataclass
 
 import torch
 
-from executor import hostmem
-
 
 @dataclass
 class DevicePolicy:
@@ -45,10 +43,8 @@ POLICY = DevicePolicy(torch.device("cpu"), "auto")
 
 
 def configure(device: str = "auto", precision: str = "auto", threads: int | None = None) -> DevicePolicy:
-    """Pick the device (`auto` prefers CUDA) and precision; `threads` sets torch's CPU threads.
-    Also tunes glibc's allocator for tensor work (`executor.hostmem`)."""
+    """Pick the device (`auto` prefers CUDA) and precision; `threads` sets torch's CPU threads."""
     global POLICY
-    hostmem.tune()
     if threads:
         torch.set_num_threads(threads)
     if device == "auto":

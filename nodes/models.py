@@ -6,6 +6,8 @@ from pathlib import Path
 
 import torch
 
+from executor import hostmem
+
 from . import devices, paths
 
 DEFAULT_CHECKPOINT = "sumi_tiny_sd15.safetensors"
@@ -35,7 +37,12 @@ class VAEModel:
     dtype: torch.dtype
 
     def decode(self, samples: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
+        # Heap reuse speeds a decode up only while its buffers are small: the 64-128 MiB ones of a 512 px image
+        # fragment the heap (executor/hostmem.py). The largest is the full-resolution block's activation.
+        b, _, h, w = samples.shape
+        channels = self.vae.config.block_out_channels
+        largest = b * h * w * 4 ** (len(channels) - 1) * channels[0] * self.dtype.itemsize
+        with torch.inference_mode(), hostmem.reuse_heap(largest <= hostmem.SMALL_BUFFERS):
             out = self.vae.decode(samples.to(self.device, self.dtype), return_dict=False)[0]
         return ((out.float() + 1.0) / 2.0).clamp(0.0, 1.0).movedim(1, -1)
 

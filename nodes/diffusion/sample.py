@@ -16,6 +16,8 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
+from executor import hostmem
+
 from .model_sampling import ModelSamplingDiscrete
 from .samplers import SAMPLERS
 from .schedules import SCHEDULERS, calculate_sigmas
@@ -215,7 +217,8 @@ def ksample(
         def step_callback(info: dict[str, Any]) -> None:
             callback(info["i"], total, info["denoised"])
 
-    samples = sampler(denoiser, x, sigmas, extra_args={"seed": seed}, callback=step_callback, disable=True)
+    with hostmem.reuse_heap():  # every step allocates the same activation sizes: keep them (executor/hostmem.py)
+        samples = sampler(denoiser, x, sigmas, extra_args={"seed": seed}, callback=step_callback, disable=True)
     out = ms.inverse_noise_scaling(sigmas[-1], samples).float() / model.latent_scale
     if mask is not None:
         # Blended in VAE space so unmasked values come back bit-identical to the input latent.
