@@ -7,7 +7,8 @@ at 256 px, SD1.5 in fp32, a UNet call (batch 2) took 2.77 s with 480,000 page fa
 2-core CPU, and 2.35 s with none once everything came from the heap and the heap was kept (`reuse_heap`).
 
 The mode is scoped, not process-wide: kept for a whole run it made the 512 px VAE decode (a few 64 to
-128 MiB buffers of different sizes) fragment the heap, so that process peaked at 7.0 GiB instead of 5.6.
+128 MiB buffers of different sizes) fragment the heap, so that process peaked at 7.0 GiB instead of 5.6;
+the decode now reuses the heap within each decoder stage and trims between stages (nodes/models.py).
 Inside `reuse_heap()` no allocation gets its own mapping and the heap is trimmed only past 1 GiB free; on
 leaving, glibc's defaults come back and the free heap is handed back to the kernel (`malloc_trim`).
 `SUMI_MALLOC_TUNING=0` turns it off; elsewhere than glibc it does nothing.
@@ -27,7 +28,6 @@ from functools import cache
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX = -1, -2, -4
 DEFAULTS = {M_MMAP_MAX: 65536, M_TRIM_THRESHOLD: 128 << 10, M_TOP_PAD: 128 << 10}
 REUSE = {M_MMAP_MAX: 0, M_TRIM_THRESHOLD: 1 << 30, M_TOP_PAD: 64 << 20}
-SMALL_BUFFERS = 32 << 20  # a loop whose buffers are at most this big reuses the heap without fragmenting it
 
 _lock = threading.Lock()
 _depth = 0
@@ -77,6 +77,12 @@ def reuse_heap(enabled: bool = True) -> Iterator[bool]:
             if _depth == 0:
                 _apply(DEFAULTS)
                 trim()
+
+
+def settle() -> None:
+    """Inside `reuse_heap`, hand the free heap back: between stages of a loop whose buffer sizes change."""
+    if _depth > 0:
+        trim()
 
 
 def trim() -> None:
