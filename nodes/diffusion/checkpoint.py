@@ -225,9 +225,6 @@ class _Source:
                  order: Callable[[], list[str]]) -> None:
         self.meta, self.read, self.order = meta, read, order
 
-    def lazy(self) -> _Lazy:
-        return _Lazy(self.meta, self.read)
-
 
 @contextlib.contextmanager
 def _open(path: Path) -> Iterator[_Source]:
