@@ -21,6 +21,7 @@ import os
 import pickle
 import re
 import struct
+import threading
 import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -260,8 +261,6 @@ class _Prefetch(Mapping[str, torch.Tensor]):
     and casting release it). `self[name]` waits for that tensor; a reading error is raised there."""
 
     def __init__(self, source: _Source, names: list[str], device: str | torch.device, dtype: torch.dtype) -> None:
-        import threading
-
         self.meta, self._done = source.meta, {}
         self._error: BaseException | None = None
         self._stop = False

@@ -12,7 +12,8 @@ import pytest
 from executor import hostmem
 
 ROOT = Path(__file__).resolve().parents[2]
-glibc_only = pytest.mark.skipif(hostmem._libc() is None, reason="glibc allocator settings (Linux) only")
+glibc_only = pytest.mark.skipif(hostmem._libc() is None,
+                                reason="mallopt/malloc_trim exist only in glibc: runs on Linux with glibc, as in CI")
 
 # Inside reuse_heap: allocates and frees a 64 MiB tensor 20 times (after 10 rounds in which the heap settles)
 # and counts the page faults of those 20; then the resident memory (MiB above the start) just before and
