@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+WEB_STAMP := web/node_modules/.installed
 
-.PHONY: run test install lint bench clean-outputs
+.PHONY: run test install browser lint bench clean-outputs
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -13,15 +14,25 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install -q --no-deps clip-anytorch==2.6.0
 	touch $(STAMP)
 
-install: $(STAMP)
+# The editor's canvas library, pinned by web/package-lock.json, served from web/node_modules.
+$(WEB_STAMP): web/package.json web/package-lock.json
+	cd web && npm ci --no-audit --no-fund --silent
+	touch $(WEB_STAMP)
+
+# Browser tests drive Debian's Chromium (Playwright's own browser download does not work offline).
+browser:
+	@command -v chromium >/dev/null || (command -v apt-get >/dev/null && (apt-get install -y -q chromium >/dev/null || sudo apt-get install -y -q chromium >/dev/null)) || \
+		(echo "browser tests need Chromium: install Debian's package with 'apt-get install chromium'" >&2; exit 1)
+
+install: $(STAMP) $(WEB_STAMP)
 
 # Installs, builds the embedded tiny model on first use, runs the default workflow, prints the image path.
-run: $(STAMP)
+run: $(STAMP) $(WEB_STAMP)
 	$(PY) main.py run workflows/txt2img.json
 
 # Installs, then runs every test (the parity suite builds the 2.1 GB reference checkpoint once into
 # ~/.cache/sumi; SUMI_SKIP_SLOW=1 skips it and says so).
-test: $(STAMP)
+test: $(STAMP) $(WEB_STAMP) browser
 	OMP_NUM_THREADS=1 $(PY) -m pytest
 	$(PY) -m ruff check .
 
