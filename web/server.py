@@ -15,6 +15,7 @@ import platform
 import socket
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -28,10 +29,11 @@ from executor.validate import ancestors_of
 from executor.workflow import parse_api
 from nodes import devices, paths
 
-from . import files
+from . import editor_api, files
 from .files import error
 from .hub import Hub
 from .security import allowed_hosts, is_loopback, origin_middleware, token_middleware
+from .static import add_front_end
 
 log = logging.getLogger("sumi.web")
 MiB = 1024 * 1024
@@ -47,6 +49,7 @@ class ServerConfig:
     cors_origin: str | None = None  # --enable-cors-header: the one origin allowed besides the server's own
     max_upload_size: int = 100 * MiB
     start_worker: bool = True
+    front_end_root: Path | None = None  # the static front end at `/` (None: Sumi's editor)
 
 
 def create_app(dispatcher: Dispatcher, registry: Registry, config: ServerConfig | None = None) -> web.Application:
@@ -63,9 +66,10 @@ def create_app(dispatcher: Dispatcher, registry: Registry, config: ServerConfig 
     api = Api(dispatcher, registry, config)
     app[API_KEY] = api
     app[files.UPLOAD_LIMIT] = config.max_upload_size
-    for method, path, handler in api.routes() + files.routes():
+    for method, path, handler in api.routes() + files.routes() + editor_api.routes(registry):
         app.router.add_route(method, path, handler)
         app.router.add_route(method, "/api" + path, handler)
+    add_front_end(app, config.front_end_root)
     app.on_startup.append(api.on_startup)
     app.on_cleanup.append(api.on_cleanup)
     return app
