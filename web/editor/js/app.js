@@ -28,7 +28,7 @@ class SumiApp {
     const element = document.getElementById("graph-canvas");
     this.canvas = new LGraphCanvas(element, this.graph);
     this.canvas.allow_searchbox = true;
-    this.canvas.render_info = false;
+    this.canvas.show_info = false;
     Object.assign(LGraphCanvas.link_type_colors, SOCKET_COLORS);
     this.resize();
     window.addEventListener("resize", () => this.resize());
@@ -67,11 +67,8 @@ class SumiApp {
   }
 
   resize() {
-    const element = this.canvas.canvas;
-    const rect = element.parentElement.getBoundingClientRect();
-    element.width = rect.width;
-    element.height = rect.height;
-    this.canvas.setDirty(true, true);
+    const rect = this.canvas.canvas.parentElement.getBoundingClientRect();
+    this.canvas.resize(Math.floor(rect.width), Math.floor(rect.height));
   }
 
   // Called after every edit: undo snapshot, autosave, and validation on the server.

@@ -26,7 +26,9 @@ export function installCanvasBehaviour(app) {
       const haystack = searchText(info);
       if (!words.every((word) => haystack.includes(word))) continue;
       const title = (info.display_name || name).toLowerCase();
-      const score = (title.startsWith(words[0] || "") ? 0 : 2) + (name.toLowerCase().includes(words[0] || "") ? 0 : 1);
+      const query = words.join(" ");
+      const score = title === query || name.toLowerCase() === query ? -1
+        : (title.includes(query) ? 0 : 2) + (title.startsWith(words[0] || "") ? 0 : 1);
       scored.push([score, title, name]);
     }
     scored.sort((a, b) => a[0] - b[0] || a[1].localeCompare(b[1]));
@@ -62,7 +64,7 @@ export function installCanvasBehaviour(app) {
   });
 
   // An incompatible drop is refused by litegraph; say why.
-  canvas.linkConnector.events.addEventListener("before-drop-links", (event) => {
+  canvas.linkConnector.events.addEventListener("after-drop-links", (event) => {
     const {renderLinks, event: pointer} = event.detail;
     const first = renderLinks[0];
     if (!first || canvas.linkConnector.state.connectingTo !== "input") return;
@@ -114,7 +116,7 @@ export function installCanvasBehaviour(app) {
     const target = nodes.every((n) => n.mode === mode) ? 0 : mode;
     for (const node of nodes) node.mode = target;
     canvas.setDirty(true, true);
-    app.changed();
+    app.tracker.check();
   }
 
   function groupSelected() {
@@ -124,7 +126,7 @@ export function installCanvasBehaviour(app) {
     group.resizeTo(nodes, 10);
     app.graph.add(group);
     canvas.setDirty(true, true);
-    app.changed();
+    app.tracker.check();
   }
 
   function copySelection() {

@@ -4,9 +4,11 @@
 
 const LIMIT = 100;
 
+// Selecting a node brings it to the front, which reorders `nodes`: that is not an edit either.
 function comparable(data) {
   const copy = {...data, extra: {...(data.extra || {})}};
   delete copy.extra.ds;
+  copy.nodes = [...(data.nodes || [])].sort((a, b) => String(a.id).localeCompare(String(b.id), "en", {numeric: true}));
   return JSON.stringify(copy);
 }
 
@@ -18,9 +20,12 @@ export class ChangeTracker {
     this.current = null;
     this.timer = null;
     this.restoring = false;
-    const canvas = app.canvas.canvas;
-    for (const type of ["pointerup", "keyup"]) canvas.addEventListener(type, () => this.checkSoon());
+    // Catch an edit as soon as the gesture that made it ends, so that two quick edits stay two undo steps.
+    const later = () => setTimeout(() => this.check(), 0);
+    app.canvas.canvas.addEventListener("pointerup", later);
+    document.addEventListener("keyup", later);
     document.addEventListener("keydown", (event) => {
+      this.check();
       if (event.target.closest?.("input, textarea, select, [contenteditable]")) return;
       const key = event.key.toLowerCase();
       if (!(event.ctrlKey || event.metaKey)) return;
@@ -31,6 +36,7 @@ export class ChangeTracker {
 
   /** Start a fresh history from the graph as it is now (a workflow was opened). */
   reset() {
+    clearTimeout(this.timer);
     this.undoStack = [];
     this.redoStack = [];
     this.current = comparable(this.app.serialize());
@@ -69,6 +75,10 @@ export class ChangeTracker {
     } finally {
       this.restoring = false;
     }
+    // Loading may normalise a few fields (and its connection callbacks ask for a check): the restored graph
+    // as it serialises now is the current state, not an edit.
+    clearTimeout(this.timer);
+    this.current = comparable(this.app.serialize());
     this.app.workflows.edited();
   }
 }

@@ -47,6 +47,8 @@ export class RunState {
     for (const entry of this.nodes.values()) {
       delete entry.state;
       delete entry.progress;
+      if (entry.preview) URL.revokeObjectURL(entry.preview.src);
+      delete entry.preview;
     }
     document.body.dataset.running = "true";
     this.#redraw();
@@ -120,12 +122,6 @@ export class RunState {
 
   #finish() {
     this.#closeRunning(performance.now());
-    for (const entry of this.nodes.values()) {
-      if (entry.preview) {
-        URL.revokeObjectURL(entry.preview.src);
-        delete entry.preview;
-      }
-    }
     delete document.body.dataset.running;
     this.app.panel.refreshSoon();
     this.#redraw();
