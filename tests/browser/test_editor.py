@@ -19,7 +19,8 @@ EVENTS = ["execution_start", "execution_cached", "executing", "progress", "execu
 def record_events(editor: EditorPage) -> None:
     editor.js("(types) => { window.events = []; for (const t of types) app.api.addEventListener(t, "
               "(e) => window.events.push({type: t, ...e.detail})); "
-              "app.api.addEventListener('preview', (e) => window.events.push({type: 'preview', node: e.detail.node})); }",
+              "app.api.addEventListener('preview', (e) => "
+              "window.events.push({type: 'preview', node: e.detail.node})); }",
               EVENTS)
 
 
@@ -102,7 +103,8 @@ def test_a_link_dropped_in_empty_space_offers_only_compatible_nodes(editor: Edit
     start = editor.slot_pos(vae["id"], 0, False)
     editor.drag(start, (start[0] + 30, start[1] + 300))
     editor.page.wait_for_selector(".litesearchbox .lite-search-item")
-    offered = editor.page.eval_on_selector_all(".litesearchbox .lite-search-item", "els => els.map(e => e.dataset.type)")
+    offered = editor.page.eval_on_selector_all(".litesearchbox .lite-search-item",
+                                               "els => els.map(e => e.dataset.type)")
     info = requests.get(editor.url + "api/object_info", timeout=10).json()
     assert "SaveImage" in offered and "VAEEncode" in offered
     assert "KSampler" not in offered  # takes no IMAGE
@@ -119,7 +121,7 @@ def test_a_link_dropped_in_empty_space_offers_only_compatible_nodes(editor: Edit
 
 def test_a_mismatched_link_is_refused_with_the_reason(editor: EditorPage) -> None:
     loader = editor.node_of("CheckpointLoaderSimple")["id"]
-    negative = [n for n in editor.nodes() if n["title"] == "Negative"][0]["id"]
+    negative = next(n for n in editor.nodes() if n["title"] == "Negative")["id"]
     before = editor.links()
     editor.drag(editor.slot_pos(loader, 0, False), editor.slot_pos(negative, 0, True))  # MODEL onto clip
     assert editor.links() == before
@@ -288,11 +290,11 @@ def test_a_two_value_sweep_queues_two_prompts_and_reuses_the_cache(editor: Edito
     seeds = [requests.get(f"{editor_server.url}/history/{p}", timeout=10).json()[p]["prompt"][2]["3"]["inputs"]["seed"]
              for p in starts]
     assert seeds == [101, 202]
-    grid = editor.page.wait_for_selector("#history-list .sweep table.sweep-grid")
+    editor.page.wait_for_selector("#history-list .sweep table.sweep-grid")
     editor.wait_for("() => document.querySelectorAll('#history-list .sweep-grid img.thumb').length === 2")
-    header = editor.page.eval_on_selector_all("#history-list .sweep-grid tr:first-child th", "ths => ths.map(t => t.textContent)")
+    header = editor.page.eval_on_selector_all("#history-list .sweep-grid tr:first-child th",
+                                              "ths => ths.map(t => t.textContent)")
     assert header == ["KSampler › seed", "101", "202"]
-    assert grid is not None
 
 
 def drop_file(editor: EditorPage, name: str, mime: str, data: bytes) -> None:
