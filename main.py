@@ -295,14 +295,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     registry = build_registry()
     for module, error in registry.failed.items():
         print(f"warning: node module {module} failed to load:\n{error}", file=sys.stderr)
+    if not args.no_default_model:
+        from nodes import models
+
+        models.ensure_default_checkpoint()  # so a fresh machine's default workflow validates and runs at once
     dispatcher = LocalDispatcher(store, serve_executor(args, registry))
     config = ServerConfig(listen=args.listen, port=args.port, token=token, cors_origin=args.enable_cors_header,
                           max_upload_size=int(args.max_upload_size * 1024 * 1024))
     app = create_app(dispatcher, registry, config)
     hosts = bindable_hosts([h.strip() for h in args.listen.split(",") if h.strip()])
     shown = ", ".join(f"http://{'[' + h + ']' if ':' in h else h}:{args.port}" for h in hosts)
-    web.run_app(app, host=hosts, port=args.port, print=lambda _: print(f"Sumi serving on {shown}", flush=True),
-                access_log=None)
+    web.run_app(app, host=hosts, port=args.port, print=lambda _: print(f"Sumi serving on {shown}\n"
+                                                                           f"Open the editor: {shown.split(', ')[0]}/",
+                                                                           flush=True), access_log=None)
     store.close()
     return EXIT_OK
 
@@ -352,6 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--threads", type=int, help="torch CPU threads")
     serve.add_argument("--preview-method", default="auto", choices=["none", "auto", "latent2rgb"],
                        help="previews sent to the websocket while sampling (auto: latent2rgb; none: no previews)")
+    serve.add_argument("--no-default-model", action="store_true",
+                       help="do not build the embedded tiny checkpoint when it is missing")
     serve.set_defaults(func=cmd_serve)
     return parser
 

@@ -48,11 +48,15 @@ class Hub:
         self._outbox = asyncio.Queue()
         self._pump = asyncio.create_task(self._run_pump())
 
+    async def close_sockets(self) -> None:
+        """On shutdown: a websocket is a request that never ends, and the server waits for open requests."""
+        for ws in list(self.sockets.values()):
+            await ws.close(code=1001, message=b"server shutdown")
+
     async def stop(self) -> None:
         if self._pump is not None:
             self._pump.cancel()
-        for ws in list(self.sockets.values()):
-            await ws.close()
+        await self.close_sockets()
 
     def post(self, event: Event, client_id: str | None) -> None:
         """Thread-safe: queue an event for delivery (dropped once the loop has closed)."""

@@ -71,6 +71,7 @@ def create_app(dispatcher: Dispatcher, registry: Registry, config: ServerConfig 
         app.router.add_route(method, "/api" + path, handler)
     add_front_end(app, config.front_end_root)
     app.on_startup.append(api.on_startup)
+    app.on_shutdown.append(lambda _: api.hub.close_sockets())
     app.on_cleanup.append(api.on_cleanup)
     return app
 

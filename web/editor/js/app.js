@@ -212,6 +212,7 @@ LiteGraph.release_link_on_empty_shows_menu = false;
 LiteGraph.search_filter_enabled = true;
 const app = new SumiApp();
 window.app = app;
+window.LiteGraph = LiteGraph;  // as ComfyUI's front end does: scripts and consoles create nodes with it
 app.setup().catch((error) => {
   console.error(error);
   toast(`The editor could not start: ${error.message}`, "error", 0);
