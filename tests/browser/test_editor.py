@@ -330,9 +330,9 @@ def test_the_editor_says_when_the_server_is_gone_and_reconnects(context: Any, tm
     import socket
 
     from nodes import paths
+    from tests.web.conftest import make_base
 
     from .conftest import serve
-    from tests.web.conftest import make_base
 
     saved = paths.FOLDERS
     base = make_base(tmp_path / "base", tiny_checkpoint)
