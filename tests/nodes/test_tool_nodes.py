@@ -426,6 +426,20 @@ def test_canny_finds_a_step_edge() -> None:
     assert not one("Canny", image=torch.full((1, 16, 16, 3), 0.5), low_threshold=0.1, high_threshold=0.2).any()
 
 
+@pytest.mark.parametrize(("low", "high"), [(0.4, 0.8), (0.1, 0.2)])
+def test_canny_matches_kornia_the_library_comfyui_calls(low: float, high: float) -> None:
+    """The fixtures are kornia 0.8.1's `canny` edges of the shipped example image (made once in a private
+    environment; kornia is not a dependency): every pixel agrees."""
+    example = Path(__file__).parents[2] / "workflows" / "inputs" / "sumi_example.png"
+    with Image.open(example) as img:
+        image = torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0)[None]
+    name = f"canny_kornia081_sumi_example_{round(low * 100):02d}_{round(high * 100):02d}.png"
+    with Image.open(FIXTURES / name) as ref:
+        expected = torch.from_numpy(np.asarray(ref, dtype=np.float32))
+    edges = one("Canny", image=image, low_threshold=low, high_threshold=high)[0, :, :, 0]
+    assert expected.sum() > 200 and torch.equal(edges, expected)
+
+
 # ---------------------------------------------------------------- masks
 
 
