@@ -646,3 +646,47 @@ def test_resize_image_lanczos_centre_crop_matches_crop_then_resize() -> None:
     direct = resize_image(image, 8, 8, "lanczos", "center")
     cropped = resize_image(image[:, :, 8:24, :], 8, 8, "lanczos", "disabled")
     assert torch.equal(direct, cropped)
+
+
+# ---------------------------------------------------------------- shipped example workflows
+
+
+def shipped(name: str) -> dict[str, Any]:
+    import json
+
+    return json.loads((Path(__file__).parents[2] / "workflows" / name).read_text())
+
+
+def test_outpaint_workflow_keeps_the_picture_and_fills_the_borders(base: Path, ex: Executor) -> None:
+    paths.ensure_example_inputs()
+    result, _ = run(ex, shipped("outpaint.json"))
+    padded, mask = result.values["12"]
+    assert padded.shape == (1, 128, 256, 3) and mask.shape == (128, 256)
+    encoded = result.values["13"][0]
+    assert encoded["samples"].shape == (1, 4, 16, 32) and encoded["noise_mask"].shape == (1, 1, 128, 256)
+    sampled = result.values["3"][0]["samples"]
+    keep = torch.nn.functional.interpolate(encoded["noise_mask"], size=(16, 32), mode="bilinear")[0, 0] == 0
+    assert keep[:, 10:22].all() and not keep[:, :7].any() and not keep[:, 25:].any()
+    assert float((sampled - encoded["samples"])[..., keep].abs().max()) <= 1e-5  # the picture's latent is kept
+    assert float((sampled - encoded["samples"])[..., ~keep].abs().max()) > 0.1  # the borders are generated
+    [saved] = result.outputs["9"]["images"]
+    with Image.open(base / "output" / saved["filename"]) as png:
+        assert png.size == (256, 128)
+    assert result.outputs["14"]["images"][0]["type"] == "temp"
+
+
+def test_mask_compositing_workflow_pastes_the_subject_latent_inside_the_mask(base: Path, ex: Executor) -> None:
+    result, _ = run(ex, shipped("mask_compositing.json"))
+    mask = result.values["23"][0]
+    assert mask.shape == (1, 256, 256) and mask[0, 160, 128] == 1.0 and mask[0, 0, 0] == 0.0
+    # The subject square (x 64–191, y 96–223) fades in over 24 px, and growing by 4 moves the fade outwards.
+    profile = mask[0, 160, 56:100]
+    assert profile[0] == 0 and profile[-1] == 1 and bool((profile[1:] >= profile[:-1]).all())
+    assert mask[0, 160, 61] > 0 and 0 < mask[0, 160, 70] < 1
+    background, subject = result.values["3"][0]["samples"], result.values["17"][0]["samples"]
+    composite = result.values["25"][0]["samples"]
+    weight = torch.nn.functional.interpolate(mask[:, None], size=(32, 32), mode="bilinear")
+    assert torch.allclose(composite, subject * weight + background * (1 - weight), atol=1e-6)
+    assert torch.equal(composite[..., 0, 0], background[..., 0, 0])
+    assert result.values["8"][0].shape == (1, 256, 256, 3)
+    assert [e["filename"] for e in result.outputs["9"]["images"]] == ["mask_compositing_00001_.png"]
