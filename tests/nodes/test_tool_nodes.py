@@ -690,3 +690,40 @@ def test_mask_compositing_workflow_pastes_the_subject_latent_inside_the_mask(bas
     assert torch.equal(composite[..., 0, 0], background[..., 0, 0])
     assert result.values["8"][0].shape == (1, 256, 256, 3)
     assert [e["filename"] for e in result.outputs["9"]["images"]] == ["mask_compositing_00001_.png"]
+
+
+def test_editor_format_graph_of_tool_nodes_converts_and_runs(base: Path, ex: Executor) -> None:
+    """As the editor saves them: LoadImageMask's trailing upload value, PrimitiveInt's control value, a widget
+    converted to an input and fed by a primitive."""
+    from executor.ui_format import ui_to_api
+
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (16, 16, 4), dtype=np.uint8), "RGBA").save(
+        base / "input" / "photo.png")
+
+    def ui(nid: int, kind: str, values: list[Any], inputs: tuple[tuple[str, str, int], ...] = ()) -> dict[str, Any]:
+        return {"id": nid, "type": kind, "mode": 0, "widgets_values": values,
+                "inputs": [{"name": n, "type": t, "link": link} for n, t, link in inputs]}
+
+    graph = {"nodes": [
+        ui(1, "LoadImage", ["photo.png", "image"]),
+        ui(2, "LoadImageMask", ["photo.png", "red", "image"]),
+        ui(3, "PrimitiveInt", [24, "fixed"]),
+        ui(4, "ImageScale", ["nearest-exact", 512, 8, "disabled"],
+           (("image", "IMAGE", 10), ("width", "INT", 11))),
+        ui(5, "ImagePadForOutpaint", [8, 0, 0, 0, 2], (("image", "IMAGE", 12),)),
+        ui(6, "GrowMask", [1, False], (("mask", "MASK", 13),)),
+        ui(7, "PreviewImage", [], (("images", "IMAGE", 14),)),
+        ui(8, "MaskPreview", [], (("mask", "MASK", 15),)),
+    ], "links": [[10, 1, 0, 4, 0, "IMAGE"], [11, 3, 0, 4, 1, "INT"], [12, 4, 0, 5, 0, "IMAGE"],
+                 [13, 2, 0, 6, 0, "MASK"], [14, 5, 0, 7, 0, "IMAGE"], [15, 6, 0, 8, 0, "MASK"]]}
+    api, errors = ui_to_api(graph, REGISTRY)
+    assert errors == []
+    assert api["2"]["inputs"] == {"image": "photo.png", "channel": "red"}
+    assert api["3"]["inputs"] == {"value": 24}
+    assert api["4"]["inputs"] == {"image": ["1", 0], "upscale_method": "nearest-exact", "width": ["3", 0],
+                                  "height": 8, "crop": "disabled"}
+    assert api["5"]["inputs"]["feathering"] == 2 and api["6"]["inputs"]["tapered_corners"] is False
+    result, _ = run(ex, api)
+    assert result.values["4"][0].shape == (1, 8, 24, 3)
+    assert result.values["5"][0].shape == (1, 8, 32, 3)
+    assert result.values["6"][0].shape == (1, 16, 16)
