@@ -145,7 +145,7 @@ class GetImageSize(Node):
     display_name = "Get Image Size"
     category = "image"
     python_module = "comfy_extras.nodes_images"
-    description = "Returns width and height of the image, and passes it through unchanged."
+    description = "The width, height and batch size of an image."
     hidden = ("unique_id",)
     inputs = (Input("image", "IMAGE"),)
     outputs = (Output("INT", "width"), Output("INT", "height"), Output("INT", "batch_size"))

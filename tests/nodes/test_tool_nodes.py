@@ -641,6 +641,26 @@ def test_validation_errors_name_node_and_input(base: Path, ex: Executor) -> None
     assert (canny.type, canny.node_id, canny.input_name) == ("custom_validation_failed", "5", "low_threshold")
 
 
+def test_a_tensor_mismatch_at_run_time_is_a_node_error_not_a_crash(base: Path, ex: Executor) -> None:
+    prompt = {"1": node("EmptyImage", width=8, height=8, batch_size=1, color=0),
+              "2": node("ImageToMask", image=["1", 0], channel="alpha"),
+              "5": node("MaskPreview", mask=["2", 0])}
+    result = ex.run(prompt)  # an RGB image has no alpha channel
+    assert result.status == "error"
+    assert result.error["node_id"] == "2" and result.error["node_type"] == "ImageToMask"
+    assert "no alpha channel" in result.error["exception_message"]
+    prompt = {"1": node("SolidMask", value=1.0, width=8, height=8),
+              "2": node("GrowMask", mask=["1", 0], expand=1, tapered_corners=True),
+              "3": node("ImageBatch", image1=["4", 0], image2=["4", 0]),
+              "4": node("MaskToImage", mask=["2", 0]),
+              "5": node("MaskComposite", destination=["1", 0], source=["6", 0], x=0, y=0, operation="add"),
+              "6": node("ImageToMask", image=["3", 0], channel="red"),
+              "7": node("MaskPreview", mask=["5", 0])}
+    result = ex.run(prompt)  # a batch of 2 masks cannot be added into a batch of 1
+    assert result.status == "error" and result.error["node_id"] == "5"
+    assert "must match" in result.error["exception_message"]
+
+
 def test_resize_image_lanczos_centre_crop_matches_crop_then_resize() -> None:
     image = seeded(1, 16, 32, 3)
     direct = resize_image(image, 8, 8, "lanczos", "center")
