@@ -747,3 +747,38 @@ def test_editor_format_graph_of_tool_nodes_converts_and_runs(base: Path, ex: Exe
     assert result.values["4"][0].shape == (1, 8, 24, 3)
     assert result.values["5"][0].shape == (1, 8, 32, 3)
     assert result.values["6"][0].shape == (1, 16, 16)
+
+
+def test_comfyuis_mask_compositing_template_runs_unchanged(base: Path, ex: Executor) -> None:
+    """ComfyUI's own template (tests/fixtures/templates/README.md), converted from the editor format as saved."""
+    import json
+
+    from executor.ui_format import ui_to_api
+
+    graph = json.loads((FIXTURES / "templates" / "basic_mask_operations_and_compositing.json").read_text())
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8)).save(
+        base / "input" / "example.png")  # ComfyUI ships an example.png in its input folder
+    api, errors = ui_to_api(graph, REGISTRY)
+    assert errors == []
+    result, _ = run(ex, api)
+    previews = [nid for nid, spec in api.items() if spec["class_type"] in ("MaskPreview", "PreviewImage")]
+    assert len(previews) == 18 and set(previews) <= set(result.outputs)
+    # 383: a 0.5 canvas (1024²) plus a 512² square of 1 at (128, 128); 398: the same square at (512, 512).
+    square_a, square_b = result.values["383"][0][0], result.values["398"][0][0]
+    assert (float(square_a[200, 200]), float(square_a[10, 10]), float(square_b[900, 900])) == (1.0, 0.5, 1.0)
+    # 376 multiplies 398 into 383 at (256, 256): inside A × B's 0.5 border, B's corner square × A's 0.5.
+    product = result.values["376"][0][0]
+    assert [float(product[y, x]) for y, x in ((10, 10), (300, 300), (700, 700), (900, 900))] == [0.5, 0.5, 0.25, 0.5]
+    # 387 "and" rounds first (0.5 rounds to 0): the two squares never overlap there, so the region is 0.
+    both = result.values["387"][0][0]
+    assert not both[256:, 256:].any() and float(both[200, 200]) == 1.0 and float(both[10, 10]) == 0.5
+    summed = result.values["400"][0][0]
+    assert (float(summed[300, 300]), float(summed[700, 700])) == (1.0, 1.0)
+    # 394 feathers 383 by 40 px on every side; 359 pastes a red image over black through that mask.
+    feathered = result.values["394"][0][0]
+    assert float(feathered[500, 10]) == pytest.approx(0.5 * 11 / 40)
+    assert float(feathered[0, 0]) == pytest.approx(0.5 / 40**4)  # ComfyUI's −0 indexing: four ramps meet there
+    composite = result.values["359"][0]
+    assert composite.shape == (1, 1024, 1024, 3)
+    assert torch.allclose(composite[0, 300, 300], torch.tensor([1.0, 0.0, 0.0]))
+    assert float(composite[0, 500, 10, 0]) == pytest.approx(0.5 * 11 / 40) and float(composite[0, 500, 10, 1]) == 0.0
