@@ -50,8 +50,13 @@ class Hub:
 
     async def close_sockets(self) -> None:
         """On shutdown: a websocket is a request that never ends, and the server waits for open requests."""
-        for ws in list(self.sockets.values()):
-            await ws.close(code=1001, message=b"server shutdown")
+        async def close(ws: web.WebSocketResponse) -> None:
+            try:  # a client that has gone away never answers the close frame
+                await asyncio.wait_for(ws.close(code=1001, message=b"server shutdown"), 2)
+            except (TimeoutError, ConnectionError, RuntimeError):
+                pass
+
+        await asyncio.gather(*(close(ws) for ws in list(self.sockets.values())))
 
     async def stop(self) -> None:
         if self._pump is not None:

@@ -94,8 +94,14 @@ def test_search_adds_a_node(editor: EditorPage) -> None:
     editor.page.wait_for_timeout(100)  # litegraph hands focus back to the canvas 20 ms after a search closes
     editor.page.keyboard.press("/")
     editor.page.wait_for_selector(".litesearchbox input").type("reads the latent")
+    editor.page.wait_for_selector(".litesearchbox .lite-search-item[data-type='LoadLatent']")
     found = editor.page.eval_on_selector_all(".litesearchbox .lite-search-item", "els => els.map(e => e.dataset.type)")
-    assert "LoadLatent" in found
+    info = requests.get(editor.url + "api/object_info", timeout=10).json()
+    assert all(word in searchable(info[name]) for name in found for word in ("reads", "the", "latent"))
+
+
+def searchable(info: dict[str, Any]) -> str:
+    return " ".join([info["name"], info["display_name"], info["category"], info["description"]]).lower()
 
 
 def test_a_link_dropped_in_empty_space_offers_only_compatible_nodes(editor: EditorPage) -> None:
