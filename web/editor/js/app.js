@@ -29,6 +29,7 @@ class SumiApp {
     this.canvas = new LGraphCanvas(element, this.graph);
     this.canvas.allow_searchbox = true;
     this.canvas.show_info = false;
+    this.canvas.render_canvas_border = false;
     Object.assign(LGraphCanvas.link_type_colors, SOCKET_COLORS);
     this.resize();
     window.addEventListener("resize", () => this.resize());
