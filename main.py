@@ -297,7 +297,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"warning: node module {module} failed to load:\n{error}", file=sys.stderr)
     dispatcher = LocalDispatcher(store, serve_executor(args, registry))
     config = ServerConfig(listen=args.listen, port=args.port, token=token, cors_origin=args.enable_cors_header,
-                          max_upload_size=int(args.max_upload_size * 1024 * 1024))
+                          max_upload_size=int(args.max_upload_size * 1024 * 1024), user_directory=user_dir)
     app = create_app(dispatcher, registry, config)
     hosts = bindable_hosts([h.strip() for h in args.listen.split(",") if h.strip()])
     shown = ", ".join(f"http://{'[' + h + ']' if ':' in h else h}:{args.port}" for h in hosts)
@@ -345,7 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--enable-cors-header", nargs="?", const="*", metavar="ORIGIN",
                        help="allow cross-origin requests from ORIGIN (bare: any origin)")
     serve.add_argument("--max-upload-size", type=float, default=100, help="largest request body, in MB")
-    serve.add_argument("--user-directory", help="where sumi.db lives (default: BASE/user)")
+    serve.add_argument("--user-directory", help="where sumi.db, settings and saved workflows live "
+                       "(default: BASE/user)")
     serve.add_argument("--database", help="the queue/history SQLite file (default: USER_DIRECTORY/sumi.db)")
     serve.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     serve.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])

@@ -15,6 +15,7 @@ import platform
 import socket
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -29,9 +30,11 @@ from executor.workflow import parse_api
 from nodes import devices, paths
 
 from . import files
+from .extensions import Extensions
 from .files import error
 from .hub import Hub
 from .security import allowed_hosts, is_loopback, origin_middleware, token_middleware
+from .userdata import UserData
 
 log = logging.getLogger("sumi.web")
 MiB = 1024 * 1024
@@ -47,6 +50,7 @@ class ServerConfig:
     cors_origin: str | None = None  # --enable-cors-header: the one origin allowed besides the server's own
     max_upload_size: int = 100 * MiB
     start_worker: bool = True
+    user_directory: Path | None = None  # settings, workflows, blueprints (default: BASE/user)
 
 
 def create_app(dispatcher: Dispatcher, registry: Registry, config: ServerConfig | None = None) -> web.Application:
@@ -63,9 +67,13 @@ def create_app(dispatcher: Dispatcher, registry: Registry, config: ServerConfig 
     api = Api(dispatcher, registry, config)
     app[API_KEY] = api
     app[files.UPLOAD_LIMIT] = config.max_upload_size
-    for method, path, handler in api.routes() + files.routes():
+    userdata = UserData(config.user_directory or paths.FOLDERS.user)
+    extensions = Extensions(getattr(config, "front_end_root", None))
+    for method, path, handler in api.routes() + files.routes() + userdata.routes() + extensions.routes():
         app.router.add_route(method, path, handler)
         app.router.add_route(method, "/api" + path, handler)
+    for method, path, handler in extensions.static_routes():
+        app.router.add_route(method, path, handler)
     app.on_startup.append(api.on_startup)
     app.on_cleanup.append(api.on_cleanup)
     return app
