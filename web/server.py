@@ -33,6 +33,7 @@ from . import files
 from .extensions import Extensions
 from .files import error
 from .hub import Hub
+from .jobs import Jobs
 from .security import allowed_hosts, is_loopback, origin_middleware, token_middleware
 from .userdata import UserData
 
@@ -69,7 +70,8 @@ def create_app(dispatcher: Dispatcher, registry: Registry, config: ServerConfig 
     app[files.UPLOAD_LIMIT] = config.max_upload_size
     userdata = UserData(config.user_directory or paths.FOLDERS.user)
     extensions = Extensions(getattr(config, "front_end_root", None))
-    for method, path, handler in api.routes() + files.routes() + userdata.routes() + extensions.routes():
+    routes = api.routes() + files.routes() + userdata.routes() + extensions.routes() + Jobs(dispatcher).routes()
+    for method, path, handler in routes:
         app.router.add_route(method, path, handler)
         app.router.add_route(method, "/api" + path, handler)
     for method, path, handler in extensions.static_routes():
