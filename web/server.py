@@ -29,10 +29,12 @@ from executor.validate import ancestors_of
 from executor.workflow import parse_api
 from nodes import devices, paths
 
-from . import files
+from . import files, models
+from .catalog import Catalog
 from .extensions import Extensions
 from .files import error
 from .hub import Hub
+from .internal import Internal
 from .jobs import Jobs
 from .security import allowed_hosts, is_loopback, origin_middleware, token_middleware
 from .userdata import UserData
@@ -70,14 +72,17 @@ def create_app(dispatcher: Dispatcher, registry: Registry, config: ServerConfig 
     app[files.UPLOAD_LIMIT] = config.max_upload_size
     userdata = UserData(config.user_directory or paths.FOLDERS.user)
     extensions = Extensions(getattr(config, "front_end_root", None))
-    routes = api.routes() + files.routes() + userdata.routes() + extensions.routes() + Jobs(dispatcher).routes()
+    catalog = Catalog(registry)
+    internal = Internal(api.hub.post)
+    routes = api.routes() + files.routes() + userdata.routes() + extensions.routes() + \
+        Jobs(dispatcher).routes() + catalog.routes() + models.routes() + internal.routes()
     for method, path, handler in routes:
         app.router.add_route(method, path, handler)
         app.router.add_route(method, "/api" + path, handler)
-    for method, path, handler in extensions.static_routes():
+    for method, path, handler in extensions.static_routes() + catalog.static_routes():
         app.router.add_route(method, path, handler)
-    app.on_startup.append(api.on_startup)
-    app.on_cleanup.append(api.on_cleanup)
+    app.on_startup.extend([api.on_startup, internal.on_startup])
+    app.on_cleanup.extend([internal.on_cleanup, api.on_cleanup])
     return app
 
 
