@@ -184,7 +184,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         progress = Progress(tag)
 
         def on_event(event: Any, progress: Progress = progress) -> None:
-            if event.type == "preview":
+            if event.type in ("preview", "binary_image"):  # images for a websocket client, not for a terminal
                 return
             if args.json:
                 print(json.dumps(_jsonable(event.to_dict())), flush=True)
@@ -258,11 +258,12 @@ def cmd_nodes(args: argparse.Namespace) -> int:
 
 
 def serve_executor(args: argparse.Namespace, registry: Any) -> Any:
-    """The server's Executor: it computes previews unless --preview-method none (the CLI's never does)."""
+    """The server's Executor: it may compute previews unless --preview-method none (the CLI's never does); the
+    server decides per prompt whether its client asked for them."""
     from executor.runner import Executor
     from nodes import preview
 
-    return Executor(registry, previews=preview.enabled(args.preview_method))
+    return Executor(registry, previews=preview.enabled(args.preview_method or "auto"))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -297,7 +298,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"warning: node module {module} failed to load:\n{error}", file=sys.stderr)
     dispatcher = LocalDispatcher(store, serve_executor(args, registry))
     config = ServerConfig(listen=args.listen, port=args.port, token=token, cors_origin=args.enable_cors_header,
-                          max_upload_size=int(args.max_upload_size * 1024 * 1024), user_directory=user_dir)
+                          max_upload_size=int(args.max_upload_size * 1024 * 1024), user_directory=user_dir,
+                          preview_method=args.preview_method)
     app = create_app(dispatcher, registry, config)
     hosts = bindable_hosts([h.strip() for h in args.listen.split(",") if h.strip()])
     shown = ", ".join(f"http://{'[' + h + ']' if ':' in h else h}:{args.port}" for h in hosts)
@@ -351,8 +353,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     serve.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
     serve.add_argument("--threads", type=int, help="torch CPU threads")
-    serve.add_argument("--preview-method", default="auto", choices=["none", "auto", "latent2rgb"],
-                       help="previews sent to the websocket while sampling (auto: latent2rgb; none: no previews)")
+    serve.add_argument("--preview-method", default=None, choices=["none", "auto", "latent2rgb"],
+                       help="sampling previews for every client (auto: latent2rgb; none: never); by default only "
+                            "clients that ask get them (extra_data.preview_method, or supports_preview_metadata "
+                            "in their feature flags)")
     serve.set_defaults(func=cmd_serve)
     return parser
 

@@ -33,7 +33,7 @@ from . import files, models
 from .catalog import Catalog
 from .extensions import Extensions
 from .files import error
-from .hub import Hub
+from .hub import PREVIEW_METHODS, Hub
 from .internal import Internal
 from .jobs import Jobs
 from .security import allowed_hosts, is_loopback, origin_middleware, token_middleware
@@ -54,6 +54,7 @@ class ServerConfig:
     max_upload_size: int = 100 * MiB
     start_worker: bool = True
     user_directory: Path | None = None  # settings, workflows, blueprints (default: BASE/user)
+    preview_method: str | None = None  # --preview-method when given; None: previews only for clients that ask
 
 
 def create_app(dispatcher: Dispatcher, registry: Registry, config: ServerConfig | None = None) -> web.Application:
@@ -104,8 +105,10 @@ class Api:
         self.dispatcher = dispatcher
         self.registry = registry
         self.config = config
-        self.hub = Hub(dispatcher, self.features_data())
+        self.hub = Hub(dispatcher, self.features_data(), preview_method=config.preview_method)
         self._unsubscribe: Any = None
+        if getattr(dispatcher, "preview_policy", False) is None:  # a local worker: previews only when asked
+            dispatcher.preview_policy = lambda item: self.hub.wants_previews(item.extra_data)  # type: ignore
 
     def routes(self) -> list[tuple[str, str, Any]]:
         return [
@@ -150,6 +153,10 @@ class Api:
             return error(400, "invalid_request", "extra_data must be an object, partial_execution_targets a list")
         if "client_id" in body:
             extra = {**extra, "client_id": body["client_id"]}
+        method = extra.get("preview_method")
+        if method is not None and method not in (*PREVIEW_METHODS, "default"):
+            return error(400, "invalid_request", f"extra_data.preview_method must be one of "
+                                                 f"{', '.join((*PREVIEW_METHODS, 'default'))}")
         number = None
         if body.get("number") is not None:
             try:
@@ -159,6 +166,9 @@ class Api:
             if not math.isfinite(number):
                 return error(400, "invalid_request", "number must be a finite number")
         prompt_id = body.get("prompt_id")
+        if prompt_id is not None and not valid_prompt_id(prompt_id):
+            return error(400, "invalid_prompt_id", "prompt_id must be a string of 1 to 128 visible characters "
+                                                   "(clients send a UUID)")
         prompt = body["prompt"]
         if is_ui_format(prompt):
             # The editor's graph format is converted here, with the node schemas, and kept as the PNG's workflow.
@@ -170,13 +180,14 @@ class Api:
             extra = {**extra, "extra_pnginfo": pnginfo}
         try:
             submitted = await asyncio.to_thread(
-                self.dispatcher.submit, prompt, prompt_id=str(prompt_id) if prompt_id else None,
+                self.dispatcher.submit, prompt, prompt_id=prompt_id,
                 number=number, front=bool(body.get("front")), extra_data=extra,
                 targets=[str(t) for t in targets] if targets is not None else None)
         except ValidationFailed as failed:
             return web.json_response(validation_response(prompt, failed, self.registry), status=400)
-        except DuplicatePromptId as exc:
-            return error(400, "duplicate_prompt_id", str(exc))
+        except DuplicatePromptId:
+            return error(400, "duplicate_prompt_id", f"prompt_id {prompt_id!r} is already queued or in history: "
+                                                     "send a new UUID for each prompt")
         number_out = int(submitted.number) if float(submitted.number).is_integer() else submitted.number
         return web.json_response({"prompt_id": submitted.prompt_id, "number": number_out, "node_errors": {}})
 
@@ -270,6 +281,12 @@ class Api:
         if folder not in paths.FOLDERS.models and folder not in paths.ALIASES:
             return error(404, "unknown_folder", f"no model folder {folder!r}")
         return web.json_response(await asyncio.to_thread(paths.list_models, folder))
+
+
+def valid_prompt_id(value: Any) -> bool:
+    """A client's prompt_id: a non-empty string of visible characters (a UUID in practice), at most 128 long."""
+    return isinstance(value, str) and 0 < len(value) <= 128 and value.isprintable() and not any(
+        c.isspace() for c in value)
 
 
 def bindable_hosts(hosts: list[str]) -> list[str]:
