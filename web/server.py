@@ -29,7 +29,7 @@ from executor.validate import ancestors_of
 from executor.workflow import parse_api
 from nodes import devices, paths
 
-from . import files, models
+from . import editor_api, files, models
 from .catalog import Catalog
 from .extensions import Extensions
 from .files import error
@@ -37,6 +37,7 @@ from .hub import PREVIEW_METHODS, Hub
 from .internal import Internal
 from .jobs import Jobs
 from .security import allowed_hosts, is_loopback, origin_middleware, token_middleware
+from .static import add_front_end
 from .userdata import UserData
 
 log = logging.getLogger("sumi.web")
@@ -53,6 +54,7 @@ class ServerConfig:
     cors_origin: str | None = None  # --enable-cors-header: the one origin allowed besides the server's own
     max_upload_size: int = 100 * MiB
     start_worker: bool = True
+    front_end_root: Path | None = None  # the static front end at `/` (None: Sumi's editor)
     user_directory: Path | None = None  # settings, workflows, blueprints (default: BASE/user)
     preview_method: str | None = None  # --preview-method when given; None: previews only for clients that ask
 
@@ -72,16 +74,17 @@ def create_app(dispatcher: Dispatcher, registry: Registry, config: ServerConfig 
     app[API_KEY] = api
     app[files.UPLOAD_LIMIT] = config.max_upload_size
     userdata = UserData(config.user_directory or paths.FOLDERS.user)
-    extensions = Extensions(getattr(config, "front_end_root", None))
+    extensions = Extensions(config.front_end_root)
     catalog = Catalog(registry)
     internal = Internal(api.hub.post)
-    routes = api.routes() + files.routes() + userdata.routes() + extensions.routes() + \
-        Jobs(dispatcher).routes() + catalog.routes() + models.routes() + internal.routes()
+    routes = api.routes() + files.routes() + editor_api.routes(registry) + userdata.routes() + \
+        extensions.routes() + Jobs(dispatcher).routes() + catalog.routes() + models.routes() + internal.routes()
     for method, path, handler in routes:
         app.router.add_route(method, path, handler)
         app.router.add_route(method, "/api" + path, handler)
     for method, path, handler in extensions.static_routes() + catalog.static_routes():
         app.router.add_route(method, path, handler)
+    add_front_end(app, config.front_end_root)  # last: a front-end file never shadows a route
     app.on_startup.extend([api.on_startup, internal.on_startup])
     app.on_cleanup.extend([internal.on_cleanup, api.on_cleanup])
     return app
