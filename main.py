@@ -4,7 +4,8 @@
     python main.py validate WORKFLOW.json [--json]
     python main.py nodes [--json]
     python main.py serve [--listen 127.0.0.1] [--port 8188] [--token T] [--enable-cors-header ORIGIN]
-                         [--preview-method auto|latent2rgb|none]
+                         [--preview-method auto|latent2rgb|none] [--front-end sumi|comfyui]
+                         [--front-end-root DIR]
 
 Exit status: 0 success, 1 a run-time error, 2 an invalid workflow or command line.
 """
@@ -266,6 +267,33 @@ def serve_executor(args: argparse.Namespace, registry: Any) -> Any:
     return Executor(registry, previews=preview.enabled(args.preview_method or "auto"))
 
 
+class FrontEndMissing(Exception):
+    pass
+
+
+def front_end_folder(front_end: str, root: str | None) -> Path | None:
+    """The folder served at / (None: Sumi's editor): --front-end-root wins; `comfyui` is the static folder of
+    the installed comfyui-frontend-package."""
+    if root:
+        folder = Path(root).expanduser().resolve()
+        if not (folder / "index.html").is_file():
+            raise FrontEndMissing(f"--front-end-root {root}: no index.html in {folder}")
+        return folder
+    if front_end != "comfyui":
+        return None
+    import importlib.util
+
+    spec = importlib.util.find_spec("comfyui_frontend_package")
+    if spec is None or not spec.submodule_search_locations:
+        raise FrontEndMissing("ComfyUI's front end is not installed: `pip install "
+                              "comfyui-frontend-package==1.58.1` (the version requirements.txt pins and the tests "
+                              "use), or pass --front-end-root DIR")
+    folder = Path(next(iter(spec.submodule_search_locations))) / "static"
+    if not (folder / "index.html").is_file():
+        raise FrontEndMissing(f"comfyui-frontend-package is installed but has no static/index.html in {folder}")
+    return folder
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """ComfyUI's HTTP/websocket API over a durable queue (`<base>/user/sumi.db`)."""
     import logging
@@ -293,13 +321,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if token is None and not is_loopback(args.listen):
         token = secrets.token_urlsafe(24)
         print(f"listening on {args.listen} needs a token; this run's token: {token}", flush=True)
+    try:
+        front_end_root = front_end_folder(args.front_end, args.front_end_root)
+    except FrontEndMissing as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        store.close()
+        return EXIT_INVALID
     registry = build_registry()
     for module, error in registry.failed.items():
         print(f"warning: node module {module} failed to load:\n{error}", file=sys.stderr)
     dispatcher = LocalDispatcher(store, serve_executor(args, registry))
     config = ServerConfig(listen=args.listen, port=args.port, token=token, cors_origin=args.enable_cors_header,
                           max_upload_size=int(args.max_upload_size * 1024 * 1024), user_directory=user_dir,
-                          preview_method=args.preview_method)
+                          preview_method=args.preview_method, front_end_root=front_end_root)
     app = create_app(dispatcher, registry, config)
     hosts = bindable_hosts([h.strip() for h in args.listen.split(",") if h.strip()])
     shown = ", ".join(f"http://{'[' + h + ']' if ':' in h else h}:{args.port}" for h in hosts)
@@ -357,6 +391,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="sampling previews for every client (auto: latent2rgb; none: never); by default only "
                             "clients that ask get them (extra_data.preview_method, or supports_preview_metadata "
                             "in their feature flags)")
+    serve.add_argument("--front-end", choices=["sumi", "comfyui"], default="sumi",
+                       help="the front end served at / (comfyui: ComfyUI's own, from the installed "
+                            "comfyui-frontend-package)")
+    serve.add_argument("--front-end-root", metavar="DIR",
+                       help="serve this folder's index.html and files at / instead (any static front end)")
     serve.set_defaults(func=cmd_serve)
     return parser
 
