@@ -85,7 +85,7 @@ def create_app(dispatcher: Dispatcher, registry: Registry, config: ServerConfig 
     for method, path, handler in extensions.static_routes() + catalog.static_routes():
         app.router.add_route(method, path, handler)
     add_front_end(app, config.front_end_root)  # last: a front-end file never shadows a route
-    app.on_startup.extend([api.on_startup, internal.on_startup])
+    app.on_startup.extend([userdata.on_startup, api.on_startup, internal.on_startup])
     app.on_cleanup.extend([internal.on_cleanup, api.on_cleanup])
     return app
 

@@ -27,6 +27,7 @@ log = logging.getLogger("sumi.web")
 MiB = 1024 * 1024
 USER = "default"  # ComfyUI's single-user id
 SETTINGS_FILE = "comfy.settings.json"
+STANDARD_FOLDERS = ("workflows", "subgraphs")  # saved workflows and subgraph blueprints
 SETTINGS_LIMIT = 4 * MiB  # a settings body; the whole settings file is kept under this too
 USERDATA_LIMIT = 64 * MiB  # one user-data file (workflows with embedded data can be large)
 MAX_PATH = 1024  # characters in a relative user-data path
@@ -124,6 +125,11 @@ class UserData:
         if create:
             folder.mkdir(parents=True, exist_ok=True)
         return folder.resolve()
+
+    async def on_startup(self, app: web.Application) -> None:
+        """Create the folders ComfyUI's front end lists at start, so a fresh install answers [] not 404."""
+        for name in STANDARD_FOLDERS:
+            (self._user_dir() / name).mkdir(exist_ok=True)
 
     def routes(self) -> list[tuple[str, str, Any]]:
         return [

@@ -68,7 +68,8 @@ def test_users_and_settings_persist_across_restart(client: Callable[..., TestCli
     async def scenario() -> None:
         async with client() as c:
             r = await c.get("/api/users")
-            assert r.status == 200 and await r.json() == {"storage": "server", "migrated": False}
+            assert r.status == 200 and await r.json() == {"storage": "server", "migrated": True}
+            assert sorted(p.name for p in (user_dir / "default").iterdir()) == ["subgraphs", "workflows"]
             assert await (await c.get("/api/settings")).json() == {}
             assert await (await c.get("/api/settings/Comfy.Missing")).json() is None
             r = await c.post(raw("/api/settings/Comfy.InstalledVersion"), data=json.dumps("1.58.1"))
@@ -128,14 +129,15 @@ def test_userdata_store_read_list_move_delete(client: Callable[..., TestClient],
             assert [(f["path"], f["size"]) for f in full] == [("a.json", 7), ("deep/b.json", 2)]
             assert set(full[0]) >= {"path", "size", "modified"}
             assert (await c.get("/userdata")).status == 400  # dir is required
-            assert (await c.get("/userdata?dir=subgraphs&recurse=true")).status == 404  # the front end reads [] then
+            assert await (await c.get("/userdata?dir=subgraphs&recurse=true")).json() == []  # made at start
+            assert (await c.get("/userdata?dir=nothing&recurse=true")).status == 404
 
             v2 = await (await c.get("/api/v2/userdata?path=workflows")).json()
             assert [(e["name"], e["path"], e["type"]) for e in v2] == \
                 [("deep", "workflows/deep", "directory"), ("a.json", "workflows/a.json", "file")]
             assert v2[1]["size"] == 7
             root = await (await c.get("/v2/userdata")).json()
-            assert [e["name"] for e in root] == ["workflows"]
+            assert [e["name"] for e in root] == ["subgraphs", "workflows"]
 
             r = await c.post(raw("/api/userdata/workflows%2Fa.json/move/workflows%2Fdeep%2Fb.json?overwrite=false"))
             assert r.status == 409
@@ -184,7 +186,7 @@ def test_every_traversal_is_refused(client: Callable[..., TestClient], user_dir:
                 assert (await c.get(raw(f"/v2/userdata?{query}"))).status in (400, 403), query
             # A symlinked file that leads out is not listed, nor is a linked folder that leads out.
             assert await (await c.get("/userdata?dir=workflows&recurse=true")).json() == []
-            assert [e["name"] for e in await (await c.get("/v2/userdata")).json()] == ["workflows"]
+            assert [e["name"] for e in await (await c.get("/v2/userdata")).json()] == ["subgraphs", "workflows"]
         assert (outside / "secret.json").read_text() == '{"secret": true}'
         assert sorted(p.name for p in outside.iterdir()) == ["secret.json"]
         assert (user_dir / "sumi-private.json").read_text() == "{}"

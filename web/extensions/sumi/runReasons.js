@@ -68,6 +68,7 @@ app.registerExtension({
     api.addEventListener("status", hookSocket);
     api.addEventListener("reconnected", hookSocket);
     window.sumiRunReasons = runs; // for tests and the console
+    window.sumiRunLabel = runLabel;
   },
   nodeCreated(node) {
     const draw = node.onDrawForeground;
