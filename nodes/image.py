@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import random
 import string
+import uuid
 from typing import Any
 
 import numpy as np
@@ -155,6 +156,28 @@ class SaveImage(Node):
         return save_images(ctx, images, filename_prefix, "output", 4)
 
 
+class SaveImageWebsocket(Node):
+    type = "SaveImageWebsocket"
+    display_name = "Save Image (Websocket)"
+    category = "api node/image"
+    description = "Sends each image to the client that queued the prompt as a binary websocket frame (PNG), " \
+                  "saving nothing: for API clients that read their outputs from the websocket."
+    output_node = True
+    determinism = Determinism.VOLATILE  # an output sent, not stored: every run must send it again
+    inputs = (Input("images", "IMAGE", tooltip="The images to send."),)
+
+    @classmethod
+    def fingerprint(cls, **constants: Any) -> str:
+        return uuid.uuid4().hex
+
+    def run(self, ctx: Any, images: torch.Tensor) -> Result:
+        batch = to_uint8(images)
+        for index, pixels in enumerate(batch):
+            ctx.progress(index + 1, len(batch))
+            ctx.send_image(Image.fromarray(pixels), "PNG")
+        return Result((), None)
+
+
 class PreviewImage(Node):
     type = "PreviewImage"
     display_name = "Preview Image"
@@ -169,4 +192,4 @@ class PreviewImage(Node):
         return save_images(ctx, images, f"ComfyUI_temp_{suffix}", "temp", 1)
 
 
-NODES = (VAEDecode, VAEEncode, VAEEncodeForInpaint, LoadImage, SaveImage, PreviewImage)
+NODES = (VAEDecode, VAEEncode, VAEEncodeForInpaint, LoadImage, SaveImage, SaveImageWebsocket, PreviewImage)

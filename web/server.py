@@ -30,11 +30,16 @@ from executor.validate import graph_of
 from executor.workflow import parse_api
 from nodes import devices, paths
 
-from . import editor_api, files
+from . import editor_api, files, models
+from .catalog import Catalog
+from .extensions import Extensions
 from .files import error
-from .hub import Hub
+from .hub import PREVIEW_METHODS, Hub
+from .internal import Internal
+from .jobs import Jobs
 from .security import allowed_hosts, is_loopback, origin_middleware, token_middleware
 from .static import add_front_end
+from .userdata import UserData
 
 log = logging.getLogger("sumi.web")
 MiB = 1024 * 1024
@@ -51,6 +56,8 @@ class ServerConfig:
     max_upload_size: int = 100 * MiB
     start_worker: bool = True
     front_end_root: Path | None = None  # the static front end at `/` (None: Sumi's editor)
+    user_directory: Path | None = None  # settings, workflows, blueprints (default: BASE/user)
+    preview_method: str | None = None  # --preview-method when given; None: previews only for clients that ask
 
 
 def create_app(dispatcher: Dispatcher, registry: Registry, config: ServerConfig | None = None) -> web.Application:
@@ -67,13 +74,21 @@ def create_app(dispatcher: Dispatcher, registry: Registry, config: ServerConfig 
     api = Api(dispatcher, registry, config)
     app[API_KEY] = api
     app[files.UPLOAD_LIMIT] = config.max_upload_size
-    for method, path, handler in api.routes() + files.routes() + editor_api.routes(registry):
+    userdata = UserData(config.user_directory or paths.FOLDERS.user)
+    extensions = Extensions(config.front_end_root)
+    catalog = Catalog(registry)
+    internal = Internal(api.hub.post)
+    routes = api.routes() + files.routes() + editor_api.routes(registry) + userdata.routes() + \
+        extensions.routes() + Jobs(dispatcher).routes() + catalog.routes() + models.routes() + internal.routes()
+    for method, path, handler in routes:
         app.router.add_route(method, path, handler)
         app.router.add_route(method, "/api" + path, handler)
-    add_front_end(app, config.front_end_root)
-    app.on_startup.append(api.on_startup)
+    for method, path, handler in extensions.static_routes() + catalog.static_routes():
+        app.router.add_route(method, path, handler)
+    add_front_end(app, config.front_end_root)  # last: a front-end file never shadows a route
+    app.on_startup.extend([userdata.on_startup, api.on_startup, internal.on_startup])
     app.on_shutdown.append(lambda _: api.hub.close_sockets())
-    app.on_cleanup.append(api.on_cleanup)
+    app.on_cleanup.extend([internal.on_cleanup, api.on_cleanup])
     return app
 
 
@@ -95,8 +110,10 @@ class Api:
         self.dispatcher = dispatcher
         self.registry = registry
         self.config = config
-        self.hub = Hub(dispatcher, self.features_data())
+        self.hub = Hub(dispatcher, self.features_data(), preview_method=config.preview_method)
         self._unsubscribe: Any = None
+        if getattr(dispatcher, "preview_policy", False) is None:  # a local worker: previews only when asked
+            dispatcher.preview_policy = lambda item: self.hub.wants_previews(item.extra_data)  # type: ignore
 
     def routes(self) -> list[tuple[str, str, Any]]:
         return [
@@ -141,6 +158,10 @@ class Api:
             return error(400, "invalid_request", "extra_data must be an object, partial_execution_targets a list")
         if "client_id" in body:
             extra = {**extra, "client_id": body["client_id"]}
+        method = extra.get("preview_method")
+        if method is not None and method not in (*PREVIEW_METHODS, "default"):
+            return error(400, "invalid_request", f"extra_data.preview_method must be one of "
+                                                 f"{', '.join((*PREVIEW_METHODS, 'default'))}")
         number = None
         if body.get("number") is not None:
             try:
@@ -150,6 +171,9 @@ class Api:
             if not math.isfinite(number):
                 return error(400, "invalid_request", "number must be a finite number")
         prompt_id = body.get("prompt_id")
+        if prompt_id is not None and not valid_prompt_id(prompt_id):
+            return error(400, "invalid_prompt_id", "prompt_id must be a string of 1 to 128 visible characters "
+                                                   "(clients send a UUID)")
         prompt = body["prompt"]
         if is_ui_format(prompt):
             # The editor's graph format is converted here, with the node schemas, and kept as the PNG's workflow.
@@ -161,13 +185,14 @@ class Api:
             extra = {**extra, "extra_pnginfo": pnginfo}
         try:
             submitted = await asyncio.to_thread(
-                self.dispatcher.submit, prompt, prompt_id=str(prompt_id) if prompt_id else None,
+                self.dispatcher.submit, prompt, prompt_id=prompt_id,
                 number=number, front=bool(body.get("front")), extra_data=extra,
                 targets=[str(t) for t in targets] if targets is not None else None)
         except ValidationFailed as failed:
             return web.json_response(validation_response(prompt, failed, self.registry), status=400)
-        except DuplicatePromptId as exc:
-            return error(400, "duplicate_prompt_id", str(exc))
+        except DuplicatePromptId:
+            return error(400, "duplicate_prompt_id", f"prompt_id {prompt_id!r} is already queued or in history: "
+                                                     "send a new UUID for each prompt")
         number_out = int(submitted.number) if float(submitted.number).is_integer() else submitted.number
         return web.json_response({"prompt_id": submitted.prompt_id, "number": number_out, "node_errors": {}})
 
@@ -261,6 +286,12 @@ class Api:
         if folder not in paths.FOLDERS.models and folder not in paths.ALIASES:
             return error(404, "unknown_folder", f"no model folder {folder!r}")
         return web.json_response(await asyncio.to_thread(paths.list_models, folder))
+
+
+def valid_prompt_id(value: Any) -> bool:
+    """A client's prompt_id: a non-empty string of visible characters (a UUID in practice), at most 128 long."""
+    return isinstance(value, str) and 0 < len(value) <= 128 and value.isprintable() and not any(
+        c.isspace() for c in value)
 
 
 def bindable_hosts(hosts: list[str]) -> list[str]:
