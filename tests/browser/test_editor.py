@@ -93,11 +93,13 @@ def test_search_adds_a_node(editor: EditorPage) -> None:
     # The search also finds nodes by description.
     editor.page.wait_for_timeout(100)  # litegraph hands focus back to the canvas 20 ms after a search closes
     editor.page.keyboard.press("/")
-    editor.page.wait_for_selector(".litesearchbox input").type("reads the latent")
-    editor.page.wait_for_selector(".litesearchbox .lite-search-item[data-type='LoadLatent']")
+    editor.page.wait_for_selector(".litesearchbox input").type("weighting")
+    editor.page.wait_for_selector(".litesearchbox .lite-search-item[data-type='CLIPTextEncode']")
     found = editor.page.eval_on_selector_all(".litesearchbox .lite-search-item", "els => els.map(e => e.dataset.type)")
     info = requests.get(editor.url + "api/object_info", timeout=10).json()
-    assert all(word in searchable(info[name]) for name in found for word in ("reads", "the", "latent"))
+    assert "weighting" in info["CLIPTextEncode"]["description"] and "weighting" not in searchable(
+        {**info["CLIPTextEncode"], "description": ""})
+    assert all("weighting" in searchable(info[name]) for name in found)
 
 
 def searchable(info: dict[str, Any]) -> str:
