@@ -194,6 +194,7 @@ def validate(wf: Workflow, registry: Registry, targets: list[str] | None = None)
     return ValidPrompt(wf, sorted(outputs, key=id_order), classes), errors
 
 
-def id_order(node_id: str) -> tuple[int, Any]:
-    """Numeric ids in numeric order, others after them by text."""
-    return (0, int(node_id)) if node_id.isdigit() else (1, node_id)
+def id_order(node_id: str) -> tuple[tuple[int, Any], ...]:
+    """Ids compared segment by segment along their colon path: numeric segments numerically, others after them
+    by text; a subgraph instance's nodes follow the instance's own id ("3" < "3:1" < "3:10" < "4" < "a")."""
+    return tuple((0, int(part)) if part.isdigit() else (1, part) for part in node_id.split(":"))
