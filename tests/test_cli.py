@@ -276,3 +276,29 @@ def test_build_parser_imports_nothing_heavy() -> None:
     proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == []
+
+
+def test_subgraph_workflow_runs_to_the_flat_pixels_and_errors_name_the_inner_node(base: Path, tmp_path: Path) -> None:
+    """ComfyUI's front end's save of txt2img with three nested subgraphs (seed promoted to the outermost and set
+    to 7) gives the flat workflow's pixels; a bad value inside names the node by its path."""
+    fixture = json.loads((REPO / "tests" / "fixtures" / "subgraphs" / "frontend_nested3.json").read_text())
+    flat = txt2img()
+    flat["3"]["inputs"].update(seed=7, steps=3)
+    flat["5"]["inputs"].update(width=64, height=64)
+    images = []
+    for name, workflow in (("flat", flat), ("nested", fixture["workflow"])):
+        proc = cli(base, "run", write_workflow(tmp_path / f"{name}.json", workflow))
+        assert proc.returncode == 0, proc.stderr
+        with Image.open(proc.stdout.split()[0]) as img:
+            images.append(img.tobytes())
+    assert images[0] == images[1]
+    broken = json.loads(json.dumps(fixture["workflow"]))
+    sampler_graph = next(g for g in broken["definitions"]["subgraphs"] if any(n["type"] == "KSampler"
+                                                                              for n in g["nodes"]))
+    sampler = next(n for n in sampler_graph["nodes"] if n["type"] == "KSampler")
+    sampler["widgets_values"][2] = 0  # steps below the minimum of 1
+    proc = cli(base, "validate", write_workflow(tmp_path / "broken.json", broken), "--json")
+    assert proc.returncode == 2
+    (error,) = json.loads(proc.stdout)["data"]["errors"]
+    assert (error["node_id"], error["class_type"], error["input_name"], error["path"]) == (
+        "12:11:3", "KSampler", "steps", ["12", "11", "3"])
