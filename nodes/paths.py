@@ -116,18 +116,23 @@ def model_dirs(kind: str) -> list[Path]:
     return FOLDERS.models.get(ALIASES.get(kind, kind), [])
 
 
-def list_models(kind: str, extensions: tuple[str, ...] = MODEL_EXTENSIONS) -> list[str]:
-    """Relative names (subfolders with '/') of the model files of one kind, sorted, first folder wins."""
-    names: dict[str, None] = {}
-    for folder in model_dirs(kind):
-        if not folder.is_dir():
-            continue
+def list_models_in(folder: Path, extensions: tuple[str, ...] = MODEL_EXTENSIONS) -> list[str]:
+    """Relative names (subfolders with '/') of the model files in one folder, sorted."""
+    names = []
+    if folder.is_dir():
         for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for name in sorted(filenames):
                 if name.lower().endswith(extensions):
-                    rel = os.path.relpath(os.path.join(dirpath, name), folder).replace(os.sep, "/")
-                    names.setdefault(rel, None)
+                    names.append(os.path.relpath(os.path.join(dirpath, name), folder).replace(os.sep, "/"))
+    return sorted(names)
+
+
+def list_models(kind: str, extensions: tuple[str, ...] = MODEL_EXTENSIONS) -> list[str]:
+    """Relative names (subfolders with '/') of the model files of one kind, sorted, first folder wins."""
+    names: dict[str, None] = {}
+    for folder in model_dirs(kind):
+        names.update(dict.fromkeys(list_models_in(folder, extensions)))
     return sorted(names)
 
 

@@ -9,10 +9,14 @@ runs as a workflow and reproduces the same file.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
+import sqlite3
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -302,3 +306,92 @@ def test_subgraph_workflow_runs_to_the_flat_pixels_and_errors_name_the_inner_nod
     (error,) = json.loads(proc.stdout)["data"]["errors"]
     assert (error["node_id"], error["class_type"], error["input_name"], error["path"]) == (
         "12:11:3", "KSampler", "steps", ["12", "11", "3"])
+
+
+def small_workflow(ckpt: str) -> dict[str, Any]:
+    prompt = txt2img()
+    prompt["3"]["inputs"].update(steps=2)
+    prompt["5"]["inputs"].update(width=64, height=64)
+    prompt["4"]["inputs"]["ckpt_name"] = ckpt
+    return prompt
+
+
+def base_with(root: Path, checkpoint: Path, name: str | None) -> Path:
+    (root / "models" / "checkpoints").mkdir(parents=True)
+    if name:
+        shutil.copy2(checkpoint, root / "models" / "checkpoints" / name)  # a copy: its own path and index entry
+    return root
+
+
+def test_a_saved_workflow_finds_its_renamed_model_by_hash_and_reports_an_absent_one(
+        tmp_path: Path, tiny_checkpoint: Path) -> None:
+    """Saved on one Sumi (base A), opened on another with the model renamed (B): it runs, to the same pixels.
+    With the model absent (C): one report with the hash and the folders searched, exit 2, nothing run."""
+    digest = hashlib.sha256(tiny_checkpoint.read_bytes()).hexdigest()
+    a = base_with(tmp_path / "a", tiny_checkpoint, "mine.safetensors")
+    proc = cli(a, "run", write_workflow(tmp_path / "wf.json", small_workflow("mine.safetensors")),
+               "--save-workflow", str(tmp_path / "shared.json"))
+    assert proc.returncode == 0, proc.stderr
+    shared = json.loads((tmp_path / "shared.json").read_text())
+    assert shared["models"] == [{"name": "mine.safetensors", "directory": "checkpoints", "hash": digest,
+                                 "hash_type": "sha256"}]
+    assert shared["sumi"] == {"format_version": 1}
+    with Image.open(proc.stdout.split()[0]) as img:
+        original = img.tobytes()
+
+    b = base_with(tmp_path / "b", tiny_checkpoint, "renamed.safetensors")
+    proc = cli(b, "run", str(tmp_path / "shared.json"))
+    assert proc.returncode == 0, proc.stderr
+    assert "model checkpoints/mine.safetensors found by its hash as renamed.safetensors" in proc.stderr
+    with Image.open(proc.stdout.split()[0]) as img:
+        assert img.tobytes() == original
+    # A second open reads no model file: the index answers (its rows are not rewritten).
+    db = b / "user" / "model_hashes.db"
+    before = sqlite3.connect(db).execute("SELECT path, hashed_at FROM hashes").fetchall()
+    assert len(before) == 1
+    started = time.perf_counter()
+    assert cli(b, "validate", str(tmp_path / "shared.json")).returncode == 0
+    print(f"second open (validate, whole process): {time.perf_counter() - started:.2f}s")
+    assert sqlite3.connect(db).execute("SELECT path, hashed_at FROM hashes").fetchall() == before
+
+    c = base_with(tmp_path / "c", tiny_checkpoint, None)
+    proc = cli(c, "run", str(tmp_path / "shared.json"), "--json")
+    assert proc.returncode == 2
+    (line,) = proc.stdout.splitlines()
+    assert json.loads(line) == {"type": "missing_models", "data": {"models": [{
+        "node_id": "4", "class_type": "CheckpointLoaderSimple", "input_name": "ckpt_name", "name": "mine.safetensors",
+        "directory": "checkpoints", "expected_hash": digest, "url": None,
+        "searched": [str((c / "models" / "checkpoints").resolve())]}]}}
+    assert not (c / "output").exists() or not list((c / "output").iterdir())
+
+
+def test_verify_says_identical_then_names_the_precision_and_the_model_file(tmp_path: Path,
+                                                                           tiny_checkpoint: Path) -> None:
+    from nodes.diffusion.checkpoint import build_tiny_checkpoint
+
+    base = base_with(tmp_path / "base", tiny_checkpoint, "mine.safetensors")
+    proc = cli(base, "run", write_workflow(tmp_path / "wf.json", small_workflow("mine.safetensors")))
+    assert proc.returncode == 0, proc.stderr
+    png = proc.stdout.split()[0]
+    with Image.open(png) as img:
+        record = json.loads(img.text["sumi"])
+    assert record["node"] == "9" and record["models"][0]["name"] == "mine.safetensors"
+    assert record["precision"]["unet"] == "float32" and record["device"] == "cpu"
+
+    def verify(*extra: str) -> dict[str, Any]:
+        proc = cli(base, "run", png, "--verify", "--json", *extra)
+        report = json.loads(proc.stdout.splitlines()[-1])["data"]
+        assert proc.returncode == (0 if report["identical"] else 1), proc.stderr
+        return report
+
+    same = verify()
+    assert same["identical"] and same["environment_differences"] == []
+    other_precision = verify("--precision", "bf16")
+    assert not other_precision["identical"] and other_precision["differing_values"] > 0
+    assert [d.split(":")[0] for d in other_precision["environment_differences"]] == ["precision"]
+    build_tiny_checkpoint(base / "models" / "checkpoints" / "mine.safetensors", seed=1)
+    other_model = verify()
+    assert not other_model["identical"]
+    (difference,) = other_model["environment_differences"]
+    old = record["models"][0]["hash"]
+    assert difference.startswith(f"model checkpoints/mine.safetensors: recorded sha256 {old}, now ")
