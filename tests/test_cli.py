@@ -395,3 +395,18 @@ def test_verify_says_identical_then_names_the_precision_and_the_model_file(tmp_p
     (difference,) = other_model["environment_differences"]
     old = record["models"][0]["hash"]
     assert difference.startswith(f"model checkpoints/mine.safetensors: recorded sha256 {old}, now ")
+
+
+def test_a_png_from_the_sumi_before_format_versions_still_runs(base: Path, tmp_path: Path) -> None:
+    old = REPO / "tests" / "fixtures" / "formats" / "v0_txt2img.png"
+    proc = cli(base, "run", str(old), "--save-workflow", str(tmp_path / "again.json"))
+    assert proc.returncode == 0, proc.stderr
+    with Image.open(proc.stdout.split()[0]) as new, Image.open(old) as before:
+        assert new.tobytes() == before.tobytes()  # same pixels as the old Sumi wrote
+        assert json.loads(new.text["workflow"])["extra"]["sumi"] == {"format_version": 1}
+        assert json.loads(new.text["sumi"])["format_version"] == 1
+    assert json.loads((tmp_path / "again.json").read_text())["extra"]["sumi"] == {"format_version": 1}
+    newer = json.loads((tmp_path / "again.json").read_text())
+    newer["extra"]["sumi"]["format_version"] = 99
+    proc = cli(base, "validate", write_workflow(tmp_path / "newer.json", newer))
+    assert proc.returncode == 2 and "format version 99; this Sumi reads up to 1" in proc.stderr
