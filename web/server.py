@@ -28,7 +28,7 @@ from executor.validate import ancestors_of
 from executor.workflow import parse_api
 from nodes import devices, paths
 
-from . import files
+from . import files, models_check
 from .files import error
 from .hub import Hub
 from .security import allowed_hosts, is_loopback, origin_middleware, token_middleware
@@ -153,6 +153,9 @@ class Api:
                 return web.json_response(validation_response(prompt, failed, self.registry), status=400)
             pnginfo = {"workflow": body["prompt"], **(extra.get("extra_pnginfo") or {})}
             extra = {**extra, "extra_pnginfo": pnginfo}
+        missing = await asyncio.to_thread(models_check.check, prompt, models_check.manifest_of(body["prompt"], extra))
+        if missing:
+            return web.json_response(validation_response(prompt, ValidationFailed(missing), self.registry), status=400)
         try:
             submitted = await asyncio.to_thread(
                 self.dispatcher.submit, prompt, prompt_id=str(prompt_id) if prompt_id else None,
