@@ -4,6 +4,8 @@
     python main.py validate WORKFLOW.json [--json]
     python main.py nodes [--json]
     python main.py models hash [--json]
+    python main.py components list | save NAME WORKFLOW --input NAME=NODE.INPUT … --output NAME=NODE[.SLOT] …
+    python main.py run COMPONENT.json|component/NAME --input NAME=VALUE …
     python main.py run IMAGE.png --verify
     python main.py serve [--listen 127.0.0.1] [--port 8188] [--token T] [--enable-cors-header ORIGIN]
                          [--preview-method auto|latent2rgb|none]
@@ -48,6 +50,8 @@ def load_workflow(path: str, registry: Any) -> Loaded:
     from nodes import formats
 
     file = Path(path)
+    if path.startswith("component/") and not file.is_file():
+        return Loaded(component_prompt(registry, registry.get(path), path))
     if not file.is_file():
         raise UsageError(f"workflow file not found: {path}")
     graph = record = None
@@ -68,6 +72,8 @@ def load_workflow(path: str, registry: Any) -> Loaded:
             data = json.loads(file.read_text())
         except json.JSONDecodeError as exc:
             raise UsageError(f"{path} is not valid JSON: {exc}") from exc
+        if isinstance(data, dict) and isinstance(data.get("component"), str):
+            return Loaded(component_prompt(registry, component_file(file, registry), path))
         if isinstance(data, dict) and isinstance(data.get("prompt"), dict):
             data = _migrated(data, formats)
             models = data.get("models")
@@ -87,6 +93,64 @@ def load_workflow(path: str, registry: Any) -> Loaded:
         raise ValidationFailed([NodeError("invalid_prompt", "A workflow must be a JSON object of nodes keyed by id",
                                           expected="object", received=type(data).__name__)])
     return Loaded(data, graph, models if isinstance(models, list) else None, record)
+
+
+def component_file(file: Path, registry: Any) -> Any:
+    """The node class of a component document (registered now if it is not one of the known files)."""
+    from executor.components import ComponentError, register
+    from nodes import components
+
+    try:
+        spec = components.read(file)
+    except ComponentError as exc:
+        raise UsageError(str(exc)) from exc
+    pinned = f"component/{spec.name}@{spec.version}"
+    if registry.get(pinned) is None:
+        register(registry, [spec])
+    return registry.get(pinned)
+
+
+def component_prompt(registry: Any, cls: Any, ref: str) -> dict[str, Any]:
+    """A prompt that runs one component: its instance is node "1"; each IMAGE output goes to a SaveImage,
+    each LATENT to a SaveLatent, named after the component and output. Values come from `--input`."""
+    if cls is None or not hasattr(cls, "spec"):
+        raise UsageError(f"no component {ref!r}; `main.py components list` shows them")
+    prompt: dict[str, Any] = {"1": {"class_type": cls.type, "inputs": {}, "_meta": {"title": cls.spec.name}}}
+    savers = {"IMAGE": ("SaveImage", "images"), "LATENT": ("SaveLatent", "samples")}
+    for slot, out in enumerate(cls.outputs):
+        if out.type in savers:
+            kind, field = savers[out.type]
+            prompt[f"save_{out.name}"] = {"class_type": kind, "inputs": {field: ["1", slot], "filename_prefix":
+                                                                           f"{cls.spec.name}_{out.name}"}}
+    return prompt
+
+
+def apply_inputs(prompt: dict[str, Any], items: list[str], registry: Any) -> None:
+    """`--input NAME=VALUE` on the component instance "1"; an IMAGE input takes a file (loaded by LoadImage)."""
+    import shutil
+
+    from nodes import paths
+
+    node = prompt.get("1")
+    cls = registry.get(node.get("class_type")) if isinstance(node, dict) else None
+    if cls is None or not hasattr(cls, "spec"):
+        raise UsageError("--input applies to a component (a file with declared inputs, or component/NAME)")
+    for item in items:
+        name, eq, raw = item.partition("=")
+        inp = cls.input(name)
+        if not eq or inp is None:
+            raise UsageError(f"--input {item!r}: {cls.type} has the inputs "
+                             + ", ".join(f"{i.name} ({i.type})" for i in cls.inputs))
+        if inp.type == "IMAGE":
+            source = Path(raw)
+            if source.is_file():  # a file anywhere: copied into the input folder, where LoadImage reads
+                paths.FOLDERS.input.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source, paths.FOLDERS.input / source.name)
+                raw = source.name
+            prompt[f"load_{name}"] = {"class_type": "LoadImage", "inputs": {"image": raw}}
+            node["inputs"][name] = [f"load_{name}", 0]
+        else:
+            node["inputs"][name] = raw if inp.type == "STRING" else _literal(raw)
 
 
 def _migrated(data: dict[str, Any], formats: Any) -> dict[str, Any]:
@@ -207,6 +271,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if missing is not None:
         return missing
     prompt, graph = loaded.prompt, loaded.graph
+    if args.input:
+        apply_inputs(prompt, args.input, registry)
     if args.verify:
         return verify(args, loaded, registry)
     extra_data = {"extra_pnginfo": {"workflow": graph}} if graph else None
@@ -387,6 +453,51 @@ def cmd_models(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_components(args: argparse.Namespace) -> int:
+    """`components list`; `components save NAME WORKFLOW --input NAME=NODE.INPUT … --output NAME=NODE[.SLOT] …`."""
+    configure(args)
+    from executor.components import ComponentError
+    from nodes import build_registry, components
+
+    registry = build_registry()
+    if args.action == "list":
+        listed = [{"type": cls.type, "version": cls.version, "inputs": [i.name for i in cls.inputs],
+                   "outputs": [o.name for o in cls.outputs], "file": cls.spec.source}
+                  for cls in registry.nodes.values() if hasattr(cls, "spec") and "@" not in cls.type]
+        if args.json:
+            print(json.dumps({"type": "components", "data": listed}))
+        for item in [] if args.json else listed:
+            print(f"{item['type']:32} v{item['version']:<3} in: {', '.join(item['inputs']) or '-'}; "
+                  f"out: {', '.join(item['outputs']) or '-'}")
+        return EXIT_OK
+    if not args.name or not args.workflow:
+        raise UsageError("components save NAME WORKFLOW --input NAME=NODE.INPUT … --output NAME=NODE[.SLOT] …")
+    from executor.errors import ValidationFailed
+
+    try:
+        loaded = load_workflow(args.workflow, registry)
+    except ValidationFailed as failed:
+        return report_invalid(failed, args.json)
+    pairs = {}
+    for kind, items in (("input", args.input or []), ("output", args.output or [])):
+        for item in items:
+            key, eq, value = item.partition("=")
+            if not eq:
+                raise UsageError(f"--{kind} {item!r}: expected NAME=NODE.{'INPUT' if kind == 'input' else 'SLOT'}")
+            pairs.setdefault(kind, {})[key] = value
+    try:
+        spec = components.from_workflow(args.name, loaded.prompt, registry, pairs.get("input", {}),
+                                        pairs.get("output", {}), args.description or "")
+        path, spec, new = components.save(spec)
+    except ComponentError as exc:
+        raise UsageError(str(exc)) from exc
+    note = "saved" if new else "unchanged, kept"
+    print(json.dumps({"type": "component_saved", "data": {"type": f"component/{spec.name}", "version":
+                                                           spec.version, "file": str(path), "new": new}})
+          if args.json else f"{note} component/{spec.name} version {spec.version}: {path}")
+    return EXIT_OK
+
+
 def report_invalid(failed: Any, as_json: bool, label: str = "") -> int:
     if as_json:
         print(json.dumps({"type": "validation_error", "data": {
@@ -507,6 +618,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--threads", type=int, help="torch CPU threads")
     run.add_argument("--save-workflow", metavar="FILE", help="also save the workflow with its model manifest "
                      "(name, folder, sha256 of every model file) and Sumi's format version")
+    run.add_argument("--input", action="append", metavar="NAME=VALUE",
+                     help="a component's declared input (run a component file or component/NAME); an IMAGE "
+                          "input takes an image file")
     run.add_argument("--verify", action="store_true", help="re-run a PNG Sumi wrote and say whether the pixels "
                      "are identical and, if not, what differs in the recorded environment")
     run.set_defaults(func=cmd_run)
@@ -514,6 +628,16 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", parents=[common], help="check a workflow without running it")
     validate.add_argument("workflow")
     validate.set_defaults(func=cmd_validate)
+
+    comps = sub.add_parser("components", parents=[common], help="components: `list`, or `save NAME WORKFLOW "
+                           "--input NAME=NODE.INPUT … --output NAME=NODE[.SLOT] …` (a change bumps the version)")
+    comps.add_argument("action", choices=["list", "save"])
+    comps.add_argument("name", nargs="?")
+    comps.add_argument("workflow", nargs="?")
+    comps.add_argument("--input", action="append", metavar="NAME=NODE.INPUT")
+    comps.add_argument("--output", action="append", metavar="NAME=NODE[.SLOT]")
+    comps.add_argument("--description")
+    comps.set_defaults(func=cmd_components)
 
     models = sub.add_parser("models", parents=[common], help="model files: `models hash` fills the hash index")
     models.add_argument("action", choices=["hash"])

@@ -22,6 +22,7 @@ from typing import Any
 import networkx as nx
 
 from .cache import Cache
+from .components import expand as expand_components
 from .errors import ValidationFailed
 from .fingerprint import signature
 from .schema import Determinism, Registry, Result
@@ -137,10 +138,13 @@ class Executor:
     def prepare(self, prompt: dict[str, Any], targets: list[str] | None = None) -> ValidPrompt:
         """Parse and validate; raises ValidationFailed with every error."""
         wf, errors = parse_api(prompt)
+        wf, expanded = expand_components(wf, self.registry)
         valid, more = validate(wf, self.registry, targets)
-        errors += more
+        errors += expanded + more
         if errors:
-            raise ValidationFailed(errors)
+            # A component instance whose inputs are wrong is checked twice (before and during validation).
+            unique = {(e.type, e.node_id, e.input_name, e.message): e for e in errors}
+            raise ValidationFailed(list(unique.values()))
         return valid
 
     def signatures(self, valid: ValidPrompt, order: list[str]) -> dict[str, str | None]:

@@ -91,7 +91,7 @@ def _check_constant(spec: NodeSpec, inp: Input, value: Any, errors: list[NodeErr
     return value
 
 
-def _check_node(spec: NodeSpec, cls: type[Node], wf: Workflow, registry: Registry, errors: list[NodeError]) -> None:
+def check_node(spec: NodeSpec, cls: type[Node], wf: Workflow, registry: Registry, errors: list[NodeError]) -> None:
     constants: dict[str, Any] = {}
     for inp in cls.inputs:
         if inp.name not in spec.inputs:
@@ -182,7 +182,7 @@ def validate(wf: Workflow, registry: Registry, targets: list[str] | None = None)
     reachable = ancestors_of(wf, outputs)
     for nid in sorted(reachable, key=id_order):
         if nid in classes:
-            _check_node(wf.nodes[nid], classes[nid], wf, registry, errors)
+            check_node(wf.nodes[nid], classes[nid], wf, registry, errors)
     g = graph_of(wf, reachable)
     for component in nx.strongly_connected_components(g):
         if len(component) > 1 or any(g.has_edge(n, n) for n in component):

@@ -235,7 +235,8 @@ def test_nodes_json_is_object_info_for_every_node_type(base: Path) -> None:
     proc = cli(base, "nodes", "--json")
     assert proc.returncode == 0, proc.stderr
     info = json.loads(proc.stdout)
-    assert set(info) == NODE_TYPES
+    # the 15 node types, and the shipped component at its latest and pinned version
+    assert set(info) == NODE_TYPES | {"component/txt2img_tiny", "component/txt2img_tiny@1"}
     for name, entry in info.items():
         assert entry["name"] == name
         assert isinstance(entry["display_name"], str) and entry["display_name"]
@@ -410,3 +411,46 @@ def test_a_png_from_the_sumi_before_format_versions_still_runs(base: Path, tmp_p
     newer["extra"]["sumi"]["format_version"] = 99
     proc = cli(base, "validate", write_workflow(tmp_path / "newer.json", newer))
     assert proc.returncode == 2 and "format version 99; this Sumi reads up to 1" in proc.stderr
+
+
+def test_components_save_version_list_and_run_from_the_command_line(base: Path, tmp_path: Path) -> None:
+    """A workflow saved as a component (v1); saving it unchanged keeps v1, a change makes v2; both run, the old
+    one pinned as component/NAME@1, in a second workflow and as a function with --input; a bad --input value
+    is a structured error naming the component input; the component is a node type in object_info."""
+    wf = write_workflow(tmp_path / "wf.json", small_workflow(CKPT))
+    save = ["components", "save", "tiny_gen", wf, "--input", "prompt=6.text", "--input", "seed=3.seed",
+            "--output", "image=8"]
+    proc = cli(base, *save)
+    assert proc.returncode == 0, proc.stderr
+    first = base.resolve() / "user" / "components" / "tiny_gen@1.json"
+    assert proc.stdout.strip() == f"saved component/tiny_gen version 1: {first}"
+    assert "unchanged, kept component/tiny_gen version 1" in cli(base, *save).stdout
+    changed = small_workflow(CKPT)
+    changed["3"]["inputs"]["steps"] = 3
+    save[3] = write_workflow(tmp_path / "wf2.json", changed)
+    assert "saved component/tiny_gen version 2" in cli(base, *save).stdout
+
+    listed = json.loads(cli(base, "components", "list", "--json").stdout)["data"]
+    mine = next(c for c in listed if c["type"] == "component/tiny_gen")
+    assert (mine["version"], mine["inputs"], mine["outputs"]) == (2, ["prompt", "seed"], ["image"])
+    info = json.loads(cli(base, "nodes", "--json").stdout)
+    assert {"component/tiny_gen", "component/tiny_gen@1", "component/tiny_gen@2"} <= set(info)
+    assert info["component/tiny_gen"]["input"]["optional"]["seed"][1]["default"] == 42
+
+    as_function = cli(base, "run", "component/tiny_gen@1", "--input", "seed=5")
+    assert as_function.returncode == 0, as_function.stderr
+    second = write_workflow(tmp_path / "second.json", {
+        "1": {"class_type": "component/tiny_gen@1", "inputs": {"seed": 5}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "second"}}})
+    in_workflow = cli(base, "run", second)
+    assert in_workflow.returncode == 0, in_workflow.stderr
+    with Image.open(as_function.stdout.split()[0]) as a, Image.open(in_workflow.stdout.split()[0]) as b:
+        assert a.tobytes() == b.tobytes()
+
+    bad = cli(base, "run", "component/tiny_gen", "--input", "seed=-1", "--json")
+    assert bad.returncode == 2
+    (error,) = json.loads(bad.stdout)["data"]["errors"]
+    assert (error["type"], error["node_id"], error["class_type"], error["input_name"]) == (
+        "value_smaller_than_min", "1", "component/tiny_gen", "seed")
+    unknown = cli(base, "run", "component/tiny_gen", "--input", "colour=red")
+    assert unknown.returncode == 2 and "component/tiny_gen has the inputs prompt (STRING), seed (INT)" in unknown.stderr
