@@ -111,18 +111,12 @@ def component_file(file: Path, registry: Any) -> Any:
 
 
 def component_prompt(registry: Any, cls: Any, ref: str) -> dict[str, Any]:
-    """A prompt that runs one component: its instance is node "1"; each IMAGE output goes to a SaveImage,
-    each LATENT to a SaveLatent, named after the component and output. Values come from `--input`."""
+    """A prompt that runs one component as a function (node "1"); `--input` fills it in."""
+    from nodes import components
+
     if cls is None or not hasattr(cls, "spec"):
         raise UsageError(f"no component {ref!r}; `main.py components list` shows them")
-    prompt: dict[str, Any] = {"1": {"class_type": cls.type, "inputs": {}, "_meta": {"title": cls.spec.name}}}
-    savers = {"IMAGE": ("SaveImage", "images"), "LATENT": ("SaveLatent", "samples")}
-    for slot, out in enumerate(cls.outputs):
-        if out.type in savers:
-            kind, field = savers[out.type]
-            prompt[f"save_{out.name}"] = {"class_type": kind, "inputs": {field: ["1", slot], "filename_prefix":
-                                                                           f"{cls.spec.name}_{out.name}"}}
-    return prompt
+    return components.function_prompt(cls, {})
 
 
 def apply_inputs(prompt: dict[str, Any], items: list[str], registry: Any) -> None:

@@ -121,3 +121,28 @@ def save(spec: ComponentSpec) -> tuple[Path, ComponentSpec, bool]:
     target.write_text(json.dumps(formats.stamp(spec.document()), indent=1))
     spec.source = str(target)
     return target, spec, True
+
+
+SAVERS = {"IMAGE": ("SaveImage", "images"), "LATENT": ("SaveLatent", "samples")}
+
+
+def function_prompt(cls: Any, values: dict[str, Any]) -> dict[str, Any]:
+    """A prompt that runs one component as a function: its instance is node "1", given `values` (an IMAGE input
+    takes a file name in the input folder, read by a LoadImage); each IMAGE output goes to a SaveImage and each
+    LATENT one to a SaveLatent (`save_OUTPUT`), named after the component and output."""
+    prompt: dict[str, Any] = {"1": {"class_type": cls.type, "inputs": {}, "_meta": {"title": cls.spec.name}}}
+    for name, value in values.items():
+        inp = cls.input(name)
+        if inp is None:
+            raise ComponentError(f"{cls.type} has no input {name!r}; it has "
+                                 + ", ".join(f"{i.name} ({i.type})" for i in cls.inputs))
+        if inp.type == "IMAGE":
+            prompt[f"load_{name}"] = {"class_type": "LoadImage", "inputs": {"image": value}}
+            value = [f"load_{name}", 0]
+        prompt["1"]["inputs"][name] = value
+    for slot, out in enumerate(cls.outputs):
+        if out.type in SAVERS:
+            kind, field = SAVERS[out.type]
+            prompt[f"save_{out.name}"] = {"class_type": kind, "inputs": {
+                field: ["1", slot], "filename_prefix": f"{cls.spec.name}_{out.name}"}}
+    return prompt

@@ -28,7 +28,7 @@ from executor.validate import ancestors_of
 from executor.workflow import parse_api
 from nodes import devices, paths
 
-from . import files, models_check
+from . import files, models_check, run_route
 from .files import error
 from .hub import Hub
 from .security import allowed_hosts, is_loopback, origin_middleware, token_middleware
@@ -63,7 +63,7 @@ def create_app(dispatcher: Dispatcher, registry: Registry, config: ServerConfig 
     api = Api(dispatcher, registry, config)
     app[API_KEY] = api
     app[files.UPLOAD_LIMIT] = config.max_upload_size
-    for method, path, handler in api.routes() + files.routes():
+    for method, path, handler in api.routes() + files.routes() + run_route.routes(api):
         app.router.add_route(method, path, handler)
         app.router.add_route(method, "/api" + path, handler)
     app.on_startup.append(api.on_startup)
