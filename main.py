@@ -448,7 +448,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_components(args: argparse.Namespace) -> int:
-    """`components list`; `components save NAME WORKFLOW --input NAME=NODE.INPUT … --output NAME=NODE[.SLOT] …`."""
+    """`components list`; `components save NAME WORKFLOW --input NAME=NODE.INPUT … --output NAME=NODE[.SLOT] …`
+    or `components save NAME EDITOR_GRAPH --subgraph ID_OR_NAME`."""
     configure(args)
     from executor.components import ComponentError
     from nodes import build_registry, components
@@ -480,8 +481,13 @@ def cmd_components(args: argparse.Namespace) -> int:
                 raise UsageError(f"--{kind} {item!r}: expected NAME=NODE.{'INPUT' if kind == 'input' else 'SLOT'}")
             pairs.setdefault(kind, {})[key] = value
     try:
-        spec = components.from_workflow(args.name, loaded.prompt, registry, pairs.get("input", {}),
-                                        pairs.get("output", {}), args.description or "")
+        if args.subgraph:
+            if loaded.graph is None:
+                raise UsageError("--subgraph needs an editor graph (a workflow saved by the editor)")
+            spec = components.from_subgraph(args.name, loaded.graph, args.subgraph, registry, args.description or "")
+        else:
+            spec = components.from_workflow(args.name, loaded.prompt, registry, pairs.get("input", {}),
+                                            pairs.get("output", {}), args.description or "")
         path, spec, new = components.save(spec)
     except ComponentError as exc:
         raise UsageError(str(exc)) from exc
@@ -631,6 +637,8 @@ def build_parser() -> argparse.ArgumentParser:
     comps.add_argument("--input", action="append", metavar="NAME=NODE.INPUT")
     comps.add_argument("--output", action="append", metavar="NAME=NODE[.SLOT]")
     comps.add_argument("--description")
+    comps.add_argument("--subgraph", metavar="ID_OR_NAME", help="make the component from this subgraph of an "
+                       "editor graph: its inputs and outputs become the component's")
     comps.set_defaults(func=cmd_components)
 
     models = sub.add_parser("models", parents=[common], help="model files: `models hash` fills the hash index")

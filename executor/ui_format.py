@@ -80,6 +80,8 @@ def _convert(graph: Flattened, registry: Registry) -> dict[str, Any]:
                     inputs.pop(name, None)
             elif resolved[0] == "value":
                 inputs[name] = _wrap(resolved[1])
+            elif resolved[0] == "input":
+                inputs[name] = {"__input__": graph.open_input_name(resolved[1])}
             else:
                 origin, out_slot = resolved[1]
                 inputs[name] = [origin, out_slot]
@@ -89,3 +91,32 @@ def _convert(graph: Flattened, registry: Registry) -> dict[str, Any]:
             if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and value[0] not in api:
                 del entry["inputs"][name]
     return api
+
+
+def subgraph_body(data: dict[str, Any], ref: str, registry: Registry) -> tuple[Any, dict[str, Any], Any]:
+    """(definition, API body, flattened graph) of one subgraph definition alone, its inputs left open as
+    `{"__input__": name}` and body ids relative to the definition (`"5"`, `"10:3"` for a nested instance)."""
+    from .ui_graph import Graph, hoist
+
+    defs = hoist(list((data.get("definitions") or {}).get("subgraphs") or []))
+    hits = [d for d in defs if str(d.get("id")) == ref] or [d for d in defs if d.get("name") == ref] \
+        or [d for d in defs if str(d.get("id")).startswith(ref)]
+    if len(hits) != 1:
+        names = ", ".join(f"{d.get('name')!r} ({str(d.get('id'))[:8]})" for d in defs) or "none"
+        raise GraphError(f"{len(hits) or 'no'} subgraph(s) match {ref!r}; the workflow has: {names}")
+    host = "999999999"  # the one instance, under an id no inner node has
+    synthetic = {"version": 0.4, "last_node_id": 0, "links": [], "definitions": data.get("definitions"),
+                 "nodes": [{"id": int(host), "type": hits[0]["id"], "mode": 0, "inputs": [], "outputs": []}]}
+    graph = Flattened(synthetic)
+    graph.open_instance = host
+    body = _convert(graph, registry)
+    strip = len(host) + 1
+
+    def rel(value: Any) -> Any:
+        if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and value[0].startswith(host):
+            return [value[0][strip:], value[1]]
+        return value
+    body = {nid[strip:]: {**node, "inputs": {k: rel(v) for k, v in node["inputs"].items()}}
+            for nid, node in body.items()}
+    definition: Graph = graph.definitions[str(hits[0]["id"])]
+    return definition, body, graph

@@ -106,7 +106,7 @@ def _nodes(raw: Any) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _hoist(definitions: list[Any]) -> list[dict[str, Any]]:
+def hoist(definitions: list[Any]) -> list[dict[str, Any]]:
     """Every definition, nested ones after their parent, first of each id kept."""
     flat: list[dict[str, Any]] = []
     for sub in definitions:
@@ -114,7 +114,7 @@ def _hoist(definitions: list[Any]) -> list[dict[str, Any]]:
             continue
         flat.append(sub)
         nested = (sub.get("definitions") or {}).get("subgraphs") or []
-        flat.extend(_hoist(nested))
+        flat.extend(hoist(nested))
     seen: set[str] = set()
     return [s for s in flat if not (str(s.get("id")) in seen or seen.add(str(s.get("id"))))]
 
@@ -173,7 +173,7 @@ class Flattened:
     """The editor graph expanded into DTOs keyed by execution id, with the front end's link resolution."""
 
     def __init__(self, data: dict[str, Any]) -> None:
-        defs = _hoist(list((data.get("definitions") or {}).get("subgraphs") or []))
+        defs = hoist(list((data.get("definitions") or {}).get("subgraphs") or []))
         self.definitions: dict[str, Graph] = {}
         for sub in defs:
             sid = str(sub.get("id"))
@@ -184,6 +184,7 @@ class Flattened:
         _dedupe_node_ids(data, defs, self.definitions)
         self.root = Graph("root", "root", _nodes(data.get("nodes")), parse_links(data.get("links")))
         self.dtos: dict[str, Dto] = {}
+        self.open_instance: str | None = None  # an instance whose unfed inputs resolve to ("input", index)
         self._promoted: dict[str, tuple[dict[int, Any], dict[tuple[str, str], Any]]] = {}
         for nid, node in self.root.nodes.items():
             dto = Dto(nid, (), node, self.root)
@@ -226,6 +227,10 @@ class Flattened:
         slots = instance.input_slots()
         # By name, as the front end rebinds them: a saved instance lists only the inputs it shows.
         return next((i for i, slot in enumerate(slots) if slot.get("name") == name), None)
+
+    def open_input_name(self, index: int) -> str:
+        instance = self.dtos[self.open_instance or ""]
+        return str(self.definition_of(instance.node).inputs[index].get("name"))
 
     # -- promoted widgets ------------------------------------------------------------------------------------
 
@@ -348,6 +353,8 @@ class Flattened:
         if slot is not None and slots[slot].get("link") is not None:
             return self.resolve_input(instance, slot, visited)
         value = self.promoted(instance)[0].get(index, _NONE)
+        if value is _NONE and instance.id == self.open_instance:
+            return ("input", index)  # turning a subgraph into a component: its inputs stay open
         return None if value is _NONE else ("value", value)
 
     def resolve_output(self, dto: Dto, slot: int, want: Any, visited: set[str]) -> tuple[str, Any] | None:

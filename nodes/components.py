@@ -146,3 +146,44 @@ def function_prompt(cls: Any, values: dict[str, Any]) -> dict[str, Any]:
             prompt[f"save_{out.name}"] = {"class_type": kind, "inputs": {
                 field: ["1", slot], "filename_prefix": f"{cls.spec.name}_{out.name}"}}
     return prompt
+
+
+def from_subgraph(name: str, graph: dict[str, Any], ref: str, registry: Registry,
+                  description: str = "") -> ComponentSpec:
+    """A component from a subgraph of an editor graph (`ref`: its id, a unique id prefix, or its name): the
+    subgraph's inputs and outputs become the component's; an input that feeds a widget is declared like that
+    widget (its type, range and choices; the value set inside as default)."""
+    from executor.ui_format import subgraph_body, widget_values
+    from executor.ui_graph import GraphError
+
+    try:
+        definition, body, flat = subgraph_body(graph, ref, registry)
+    except GraphError as exc:
+        raise ComponentError(str(exc)) from exc
+    host = flat.open_instance
+    declared = []
+    for slot in definition.inputs:
+        item: dict[str, Any] = {"name": str(slot.get("name")), "type": str(slot.get("type") or "*")}
+        for nid, node in body.items():
+            cls = registry.get(node["class_type"])
+            field = next((k for k, v in node["inputs"].items() if v == {"__input__": item["name"]}), None)
+            inp = cls.input(field) if cls and field else None
+            if inp is None or not inp.is_widget:
+                continue
+            current = widget_values(flat.dtos[f"{host}:{nid}"].node, cls).get(field, inp.default)
+            item.update({"type": "COMBO" if inp.is_combo else inp.type, "default": current})
+            item.update({k: v for k, v in (("min", inp.min), ("max", inp.max), ("step", inp.step),
+                                           ("tooltip", inp.tooltip)) if v is not None and v != ""})
+            if inp.is_combo:
+                item["options"] = inp.choices()
+            break
+        declared.append(item)
+    produced = []
+    for index, slot in enumerate(definition.outputs):
+        found = flat.resolve_output(flat.dtos[host], index, slot.get("type", "*"), set())
+        if found is None or found[0] != "link":
+            raise ComponentError(f"subgraph output {slot.get('name')!r} is not fed by a node")
+        source, out_slot = found[1]
+        produced.append({"name": str(slot.get("name")), "type": str(slot.get("type")),
+                         "from": [source[len(host) + 1:], out_slot]})
+    return ComponentSpec(name, 1, declared, produced, body, description or definition.name)

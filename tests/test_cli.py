@@ -454,3 +454,31 @@ def test_components_save_version_list_and_run_from_the_command_line(base: Path, 
         "value_smaller_than_min", "1", "component/tiny_gen", "seed")
     unknown = cli(base, "run", "component/tiny_gen", "--input", "colour=red")
     assert unknown.returncode == 2 and "component/tiny_gen has the inputs prompt (STRING), seed (INT)" in unknown.stderr
+
+
+def test_a_subgraph_becomes_a_component_that_gives_the_subgraph_pixels(base: Path, tmp_path: Path) -> None:
+    """The outermost subgraph of the front end's nested txt2img save becomes component/decoder: its inputs
+    (clip, model, vae and the promoted seed, declared like KSampler's seed) and its IMAGE output."""
+    fixture = json.loads((REPO / "tests" / "fixtures" / "subgraphs" / "frontend_nested3.json").read_text())
+    graph = write_workflow(tmp_path / "graph.json", fixture["workflow"])
+    outer = next(g for g in fixture["workflow"]["definitions"]["subgraphs"]
+                 if any(i["name"] == "vae" for i in g["inputs"]))
+    proc = cli(base, "components", "save", "decoder", graph, "--subgraph", outer["id"][:8], "--json")
+    assert proc.returncode == 0, proc.stderr
+    saved = json.loads(Path(json.loads(proc.stdout)["data"]["file"]).read_text())
+    assert [(i["name"], i["type"]) for i in saved["inputs"]] == [
+        ("clip", "CLIP"), ("model", "MODEL"), ("vae", "VAE"), ("seed", "INT")]
+    assert saved["inputs"][3]["default"] == 42 and saved["inputs"][3]["min"] == 0
+    assert saved["outputs"] == [{"name": "IMAGE", "type": "IMAGE", "from": ["8", 0]}]
+    use = write_workflow(tmp_path / "use.json", {
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CKPT}},
+        "1": {"class_type": "component/decoder", "inputs": {"clip": ["4", 1], "model": ["4", 0], "vae": ["4", 2],
+                                                             "seed": 7}},
+        "9": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "component"}}})
+    images = []
+    for workflow in (use, graph):
+        proc = cli(base, "run", workflow)
+        assert proc.returncode == 0, proc.stderr
+        with Image.open(proc.stdout.split()[0]) as img:
+            images.append(img.tobytes())
+    assert images[0] == images[1]
