@@ -296,6 +296,10 @@ def test_subgraph_workflow_runs_to_the_flat_pixels_and_errors_name_the_inner_nod
         assert proc.returncode == 0, proc.stderr
         with Image.open(proc.stdout.split()[0]) as img:
             images.append(img.tobytes())
+            if name == "nested":  # the editor graph comes back in the PNG with its model manifest
+                (model,) = json.loads(img.text["workflow"])["models"]
+                assert (model["name"], model["directory"], model["hash_type"]) == (CKPT, "checkpoints", "sha256")
+                assert len(model["hash"]) == 64
     assert images[0] == images[1]
     broken = json.loads(json.dumps(fixture["workflow"]))
     sampler_graph = next(g for g in broken["definitions"]["subgraphs"] if any(n["type"] == "KSampler"
