@@ -17,6 +17,7 @@ mode only at the top level and still runs nested muted contents; its own maintai
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -173,6 +174,7 @@ class Flattened:
     """The editor graph expanded into DTOs keyed by execution id, with the front end's link resolution."""
 
     def __init__(self, data: dict[str, Any]) -> None:
+        data = copy.deepcopy(data)  # renumbering rewrites ids: the caller's graph (kept as the PNG's) stays as sent
         defs = hoist(list((data.get("definitions") or {}).get("subgraphs") or []))
         self.definitions: dict[str, Graph] = {}
         for sub in defs:

@@ -486,3 +486,13 @@ def test_a_subgraph_becomes_a_component_that_gives_the_subgraph_pixels(base: Pat
         with Image.open(proc.stdout.split()[0]) as img:
             images.append(img.tobytes())
     assert images[0] == images[1]
+
+
+def test_models_hash_fills_the_index_once(base: Path) -> None:
+    first = cli(base, "models", "hash", "--json")
+    assert first.returncode == 0, first.stderr
+    data = json.loads(first.stdout)["data"]
+    assert (data["files"], data["hashed"]) == (1, 1) and data["bytes"] > 1_000_000
+    assert data["index"] == str(base.resolve() / "user" / "model_hashes.db")
+    again = json.loads(cli(base, "models", "hash", "--json").stdout)["data"]
+    assert (again["files"], again["hashed"], again["bytes"]) == (1, 0, 0)

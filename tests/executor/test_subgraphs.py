@@ -72,7 +72,9 @@ def test_hand_written_cases_convert_as_the_front_end_does(name: str, real_regist
 def test_legacy_proxy_widget_value_and_renumbered_ids(real_registry: Registry) -> None:
     legacy, _ = ui_to_api(json.loads((FIXTURES / "hand_legacy_proxy_widgets.json").read_text()), real_registry)
     assert legacy["10:30"]["inputs"]["seed"] == 99  # the instance's value, not the inner widget's 42
-    collide, _ = ui_to_api(json.loads((FIXTURES / "hand_id_collision.json").read_text()), real_registry)
+    sent = json.loads((FIXTURES / "hand_id_collision.json").read_text())
+    collide, _ = ui_to_api(sent, real_registry)
+    assert sent == json.loads((FIXTURES / "hand_id_collision.json").read_text())  # the graph itself is untouched
     # inner 6 and 7 collide with root nodes 6 and 7: renumbered after last_node_id 12
     assert {"10:13", "10:14"} <= set(collide) and collide["10:14"]["inputs"]["samples"] == ["10:13", 0]
 
