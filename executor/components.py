@@ -1,8 +1,9 @@
 """Components: a workflow with declared, typed inputs and outputs, used as one node type.
 
 A component document (JSON) names itself and a version, declares its inputs (type, default, min, max,
-options — the same fields as any node input) and outputs (type and the `[node, slot]` inside that produces
-it), and holds its body: an API-format prompt in which `{"__input__": NAME}` stands for an input's value.
+options — the same fields as any node input; `extra` holds editor hints such as `control_after_generate`)
+and outputs (type and the `[node, slot]` inside that produces it), and holds its body: an API-format prompt
+in which `{"__input__": NAME}` stands for an input's value.
 
 Registered as node type `component/NAME` (the highest version) and `component/NAME@VERSION` (each version
 kept, so a prompt can pin one), it appears in /object_info and validates like any node: the instance's own
@@ -89,8 +90,9 @@ def component_class(spec: ComponentSpec, pinned: bool) -> type[Node]:
         opts = {k: item[k] for k in INPUT_FIELDS if k in item}
         opts.setdefault("optional", "default" in item)  # an input with a default may be left out
         options = item.get("options") if item["type"] == "COMBO" or isinstance(item.get("options"), list) else None
+        extra = item.get("extra") if isinstance(item.get("extra"), dict) else {}  # editor hints, as declared
         inputs.append(Input(item["name"], "COMBO" if options is not None else str(item["type"]), options=options,
-                            **opts))
+                            extra=dict(extra), **opts))
     name = f"{PREFIX}{spec.name}@{spec.version}" if pinned else f"{PREFIX}{spec.name}"
     return type(f"Component_{spec.name}_{spec.version}", (Component,), {
         "type": name, "display_name": spec.name.replace("_", " ") + (f" (v{spec.version})" if pinned else ""),

@@ -30,12 +30,15 @@ def widget_values(node: dict[str, Any], cls: type[Node]) -> dict[str, Any]:
         return {k: v for k, v in values.items() if cls.input(k)}
     out: dict[str, Any] = {}
     queue = list(values or [])
-    for inp in cls.inputs:
+    # The editor builds widgets from /object_info: required inputs first, then optional ones.
+    for inp in [i for i in cls.inputs if not i.optional] + [i for i in cls.inputs if i.optional]:
         if not inp.is_widget or not queue:
             continue
         out[inp.name] = queue.pop(0)
-        # The seed widget is followed by the editor's "control after generate" choice.
-        if inp.extra.get("control_after_generate") and queue and queue[0] in CONTROL_VALUES:
+        # A seed widget is followed by the editor's "control after generate" choice: the editor adds one when
+        # the input asks for it, and to any INT named seed or noise_seed that does not say otherwise.
+        control = inp.extra.get("control_after_generate", inp.type == "INT" and inp.name in ("seed", "noise_seed"))
+        if control and queue and queue[0] in CONTROL_VALUES:
             queue.pop(0)
     return out
 

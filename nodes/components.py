@@ -72,6 +72,8 @@ def from_workflow(name: str, prompt: dict[str, Any], registry: Registry, inputs:
                 item[key] = value
         if inp.is_combo:
             item["options"] = inp.choices()
+        if inp.extra:
+            item["extra"] = dict(inp.extra)
         declared.append(item)
         node.setdefault("inputs", {})[field] = {"__input__": input_name}
     produced = []
@@ -176,6 +178,8 @@ def from_subgraph(name: str, graph: dict[str, Any], ref: str, registry: Registry
                                            ("tooltip", inp.tooltip)) if v is not None and v != ""})
             if inp.is_combo:
                 item["options"] = inp.choices()
+            if inp.extra:
+                item["extra"] = dict(inp.extra)
             break
         declared.append(item)
     produced = []

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
+from pathlib import Path
 
 import aiohttp
 from PIL import Image
 
-from .conftest import Running
+from .conftest import Running, run_prompt
+
+EDITOR = Path(__file__).resolve().parents[1] / "fixtures" / "subgraphs" / "frontend_component.json"
 
 INPUTS = {"prompt": "a red barn", "width": 64, "height": 64, "steps": 2, "seed": 3}
 
@@ -38,4 +42,11 @@ def test_run_a_component_as_a_function(server: Running) -> None:
                 assert r.status == 400 and "has no input 'colour'" in (await r.json())["error"]["message"]
             async with s.post(f"{server.url}/run/nothing_here", json={}) as r:
                 assert r.status == 404
+            # The same component placed in ComfyUI's own editor and queued from there: the same computation.
+            fixture = json.loads(EDITOR.read_text())
+            _, messages = await run_prompt(s, server.url, fixture["workflow"], "editor")
+            cached = next(m["data"]["nodes"] for m in messages if m["type"] == "execution_cached")
+            assert {"1:3", "1:8"} <= set(cached)
+            ran = [m["data"]["node"] for m in messages if m["type"] == "executing" and m["data"]["node"]]
+            assert ran == ["2"]  # only the Save Image with its other prefix
     asyncio.run(scenario())
