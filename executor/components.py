@@ -19,9 +19,10 @@ from typing import Any, ClassVar
 
 from .errors import NodeError
 from .schema import Input, Node, Output, Registry
+from .validate import COMPONENT_PREFIX
 from .workflow import INVALID, Link, NodeSpec, Workflow, parse_api
 
-PREFIX = "component/"
+PREFIX = COMPONENT_PREFIX
 INPUT_FIELDS = ("default", "min", "max", "step", "tooltip", "optional", "multiline")
 
 

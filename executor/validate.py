@@ -12,6 +12,8 @@ from .errors import NodeError
 from .schema import ANY, Input, Node, Registry
 from .workflow import INVALID, Link, NodeSpec, Workflow
 
+COMPONENT_PREFIX = "component/"  # node types of components (executor/components.py imports it from here)
+
 
 @dataclass
 class ValidPrompt:
@@ -164,6 +166,8 @@ def validate(wf: Workflow, registry: Registry, targets: list[str] | None = None)
             hint = ("did you mean " + ", ".join(close) + "?") if close else "run `main.py nodes` to list node types"
             if spec.class_type in registry.failed:
                 hint = "its module failed to load"
+            elif spec.class_type.startswith(COMPONENT_PREFIX):
+                hint = _component_hint(spec.class_type, registry)
             errors.append(NodeError("invalid_prompt", f"Cannot execute because node type {spec.class_type!r} "
                                     "does not exist", spec.id, spec.class_type, None, "a known node type",
                                     spec.class_type, hint))
@@ -192,6 +196,17 @@ def validate(wf: Workflow, registry: Registry, targets: list[str] | None = None)
                                         + ", ".join(ring) + " depend on each other", nid,
                                         wf.nodes[nid].class_type, expected="an acyclic graph", received=ring))
     return ValidPrompt(wf, sorted(outputs, key=id_order), classes), errors
+
+
+def _component_hint(class_type: str, registry: Registry) -> str:
+    """A pinned component version that is gone says which versions there are."""
+    base = class_type.partition("@")[0]
+    versions = sorted(int(n.rpartition("@")[2]) for n in registry.nodes
+                      if n.startswith(base + "@") and n.rpartition("@")[2].isdigit())
+    if not versions:
+        return f"no component {base[len(COMPONENT_PREFIX):]!r} is installed (user/components, workflows/components)"
+    return (f"that version is gone; {base} has version(s) {', '.join(map(str, versions))}: pin one of them, "
+            f"or use {base} for the latest")
 
 
 def id_order(node_id: str) -> tuple[tuple[int, Any], ...]:
