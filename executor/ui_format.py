@@ -9,6 +9,7 @@ the extra `control_after_generate` value that follows a seed widget.
 """
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from .errors import NodeError
@@ -17,6 +18,7 @@ from .ui_graph import BYPASS, MUTED, VIRTUAL, Flattened, GraphError
 
 __all__ = ["BYPASS", "MUTED", "VIRTUAL", "is_ui_format", "ui_to_api"]
 CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
+UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
 
 
 def is_ui_format(data: Any) -> bool:
@@ -55,7 +57,12 @@ def ui_to_api(data: dict[str, Any], registry: Registry) -> tuple[dict[str, Any],
         api = _convert(graph, registry)
     except GraphError as exc:
         return {}, [NodeError("invalid_prompt", str(exc), exc.node_id, hint=exc.hint)]
-    return api, []
+    lost = [NodeError("invalid_prompt", f"Node {nid} is an instance of subgraph {node['class_type']}, whose "
+                      "definition is not in the workflow", nid, node["class_type"],
+                      hint="the file lost its definitions.subgraphs entry: save it again from the editor")
+            for nid, node in api.items() if UUID.fullmatch(node["class_type"]) and registry.get(node["class_type"])
+            is None]
+    return api, lost
 
 
 def _convert(graph: Flattened, registry: Registry) -> dict[str, Any]:

@@ -218,6 +218,15 @@ def test_a_subgraph_containing_itself_is_a_structured_error() -> None:
     assert "contains itself" in errors[0].message
 
 
+def test_an_instance_whose_definition_is_missing_says_so() -> None:
+    data = two_scalers()
+    data["definitions"]["subgraphs"] = []
+    _, errors = ui_to_api(data, REG)
+    assert [(e.type, e.node_id, e.class_type) for e in errors] == [("invalid_prompt", "12", SG), ("invalid_prompt",
+                                                                                                  "13", SG)]
+    assert "definition is not in the workflow" in errors[0].message
+
+
 def test_an_error_inside_a_subgraph_names_the_inner_node_and_its_path() -> None:
     data = two_scalers()
     data["nodes"][3]["widgets_values"] = [50.0]  # factor promoted on instance 13: above the max of 10
