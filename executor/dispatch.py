@@ -22,6 +22,7 @@ from . import hostmem
 from .errors import ValidationFailed
 from .queue import InvalidTransition, PromptStore, QueueItem, State, split_secrets
 from .runner import Event, Executor, RunResult
+from .workflow import parent_id
 
 log = logging.getLogger("sumi.dispatch")
 
@@ -274,7 +275,7 @@ class LocalDispatcher:
             self.store.release(item.prompt_id)
             log.info("prompt %s put back in the queue for the next start", item.prompt_id)
             return
-        meta = {nid: {"node_id": nid, "display_node": nid, "parent_node": None, "real_node_id": nid}
+        meta = {nid: {"node_id": nid, "display_node": nid, "parent_node": parent_id(nid), "real_node_id": nid}
                 for nid in result.outputs}
         self.store.finish(item.prompt_id, result.status, result.outputs, messages, meta)
         log.info("prompt %s %s in %.2fs", item.prompt_id, result.status, time.perf_counter() - started)

@@ -8,6 +8,10 @@ NODE_MODULES = ("nodes.loaders", "nodes.conditioning", "nodes.sampling", "nodes.
 
 
 def build_registry() -> Registry:
+    """Every node module's nodes, then the components (shipped and the user's) as `component/NAME` types."""
+    from . import components
+
     registry = Registry()
     registry.load_modules(NODE_MODULES)
+    components.load_into(registry)
     return registry

@@ -1,6 +1,7 @@
 """Images: VAE decode/encode, loading inputs, saving outputs with their workflow in the PNG."""
 from __future__ import annotations
 
+import json
 import math
 import random
 import string
@@ -14,7 +15,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from executor.schema import Determinism, Input, Node, Output, Result
 
-from . import paths
+from . import formats, paths, provenance
 from .saving import input_fingerprint, metadata_chunks, output_slot
 
 
@@ -126,14 +127,29 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return np.clip(255.0 * images.float().cpu().numpy(), 0, 255).astype(np.uint8)
 
 
+def provenance_chunks(ctx: Any) -> tuple[dict[str, str], dict[str, Any]]:
+    """ComfyUI's `prompt`/`workflow` chunks, the workflow stamped with its `models` manifest and Sumi's format
+    version, and Sumi's provenance record (model hashes, versions, device, precision)."""
+    extra = dict(ctx.extra_pnginfo or {})
+    workflow = extra.get("workflow")
+    known = workflow.get("models") if isinstance(workflow, dict) else None
+    record = provenance.record(ctx.prompt or {}, known if isinstance(known, list) else None)
+    if isinstance(workflow, dict):
+        extra["workflow"] = formats.stamp({**workflow, "models": record["models"]})
+    return metadata_chunks(ctx.prompt, extra), record
+
+
 def save_images(ctx: Any, images: torch.Tensor, prefix: str, kind: str, compress_level: int) -> Result:
     root = paths.FOLDERS.output if kind == "output" else paths.FOLDERS.temp
     folder, stem, subfolder, counter = output_slot(root, prefix, "png", images.shape[2], images.shape[1])
-    info = PngInfo()
-    for key, value in metadata_chunks(ctx.prompt, ctx.extra_pnginfo).items():
-        info.add_text(key, value)
+    chunks, record = provenance_chunks(ctx)
     saved = []
     for index, pixels in enumerate(to_uint8(images)):
+        info = PngInfo()
+        for key, value in chunks.items():
+            info.add_text(key, value)
+        # Which node and batch index wrote this file: `run --verify` compares against that output.
+        info.add_text("sumi", json.dumps({**record, "node": ctx.node_id, "batch_index": index}))
         name = f"{stem.replace('%batch_num%', str(index))}_{counter:05}_.png"
         Image.fromarray(pixels).save(folder / name, pnginfo=info, compress_level=compress_level)
         saved.append({"filename": name, "subfolder": subfolder, "type": kind})

@@ -1,7 +1,7 @@
 """Model loaders."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from executor.schema import Input, Node, Output
 
@@ -19,6 +19,8 @@ class CheckpointLoaderSimple(Node):
     category = "loaders"
     description = "Loads an SD1.x single-file checkpoint (.safetensors; .ckpt/.pt only as plain tensors)."
     cache_pool = "models"
+    # This input names a model file in the `checkpoints` folders (read by nodes.manifest).
+    model_files: ClassVar[dict[str, str]] = {"ckpt_name": "checkpoints"}
     inputs = (Input("ckpt_name", "COMBO", options=checkpoint_names, tooltip="The checkpoint file to load.",
                     missing_hint=paths.missing_model_hint("checkpoints")),)
     outputs = (Output("MODEL", tooltip="The denoising model."), Output("CLIP", tooltip="The text encoder."),

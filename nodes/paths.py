@@ -178,6 +178,11 @@ def list_models(kind: str, extensions: tuple[str, ...] = MODEL_EXTENSIONS) -> li
     return sorted(names)
 
 
+def list_models_in(folder: Path, extensions: tuple[str, ...] = MODEL_EXTENSIONS) -> list[str]:
+    """Relative names (subfolders with '/') of the model files in one folder, sorted (cached as list_models is)."""
+    return sorted(_listing(folder, extensions)) if folder.is_dir() else []
+
+
 def model_files(kind: str, extensions: tuple[str, ...] = MODEL_EXTENSIONS) -> list[tuple[int, str]]:
     """(index of the folder in model_dirs(kind), relative name) of every model file, folder by folder."""
     found = []

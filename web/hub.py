@@ -277,7 +277,7 @@ def preview_metadata(data: dict[str, Any]) -> dict[str, Any]:
     """The JSON of a PREVIEW_IMAGE_WITH_METADATA frame, from a `preview` event's data."""
     node = data.get("node")
     return {"node_id": node, "prompt_id": data.get("prompt_id"), "display_node_id": data.get("display_node", node),
-            "parent_node_id": None, "real_node_id": node, "image_type": "image/jpeg"}
+            "parent_node_id": data.get("parent_node"), "real_node_id": node, "image_type": "image/jpeg"}
 
 
 def encode_preview(image: Any) -> bytes | None:

@@ -30,7 +30,7 @@ from executor.validate import graph_of
 from executor.workflow import parse_api
 from nodes import devices, paths
 
-from . import editor_api, files, models
+from . import editor_api, files, models, models_check, run_route
 from .catalog import Catalog
 from .extensions import Extensions
 from .files import error
@@ -79,7 +79,8 @@ def create_app(dispatcher: Dispatcher, registry: Registry, config: ServerConfig 
     catalog = Catalog(registry)
     internal = Internal(api.hub.post)
     routes = api.routes() + files.routes() + editor_api.routes(registry) + userdata.routes() + \
-        extensions.routes() + Jobs(dispatcher).routes() + catalog.routes() + models.routes() + internal.routes()
+        extensions.routes() + Jobs(dispatcher).routes() + catalog.routes() + models.routes() + internal.routes() + \
+        run_route.routes(api)
     for method, path, handler in routes:
         app.router.add_route(method, path, handler)
         app.router.add_route(method, "/api" + path, handler)
@@ -183,6 +184,9 @@ class Api:
                 return web.json_response(validation_response(prompt, failed, self.registry), status=400)
             pnginfo = {"workflow": body["prompt"], **(extra.get("extra_pnginfo") or {})}
             extra = {**extra, "extra_pnginfo": pnginfo}
+        missing = await asyncio.to_thread(models_check.check, prompt, models_check.manifest_of(body["prompt"], extra))
+        if missing:
+            return web.json_response(validation_response(prompt, ValidationFailed(missing), self.registry), status=400)
         try:
             submitted = await asyncio.to_thread(
                 self.dispatcher.submit, prompt, prompt_id=prompt_id,

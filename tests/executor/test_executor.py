@@ -191,7 +191,7 @@ def test_previews_reach_events_only_when_the_executor_wants_them() -> None:
     prompt = {"1": {"class_type": "Number", "inputs": {"value": 1}},
               "2": {"class_type": "Painter", "inputs": {"x": ["1", 0]}}}
     for previews, expected in ((False, []), (True, [{"image": "an image", "prompt_id": "p", "node": "2",
-                                                      "display_node": "2"}])):
+                                                      "display_node": "2", "parent_node": None}])):
         events: list[Any] = []
         Executor(reg, previews=previews).run(prompt, prompt_id="p", on_event=events.append)
         assert [e.data for e in events if e.type == "preview"] == expected
