@@ -386,3 +386,15 @@ def test_module_that_fails_to_import_is_reported_and_skipped() -> None:
     assert "tests.executor.no_such_module" in reg.failed
     assert "executor.schema" in reg.failed  # imports, but has no NODES: reported too
     assert reg.nodes == {}
+
+
+def test_object_info_declares_list_outputs() -> None:
+    class Batch(Node):
+        type = "Batch"
+        outputs = (Output("INT", "items", is_list=True), Output("INT", "count"))
+
+        def run(self, ctx: Any) -> tuple[Any, ...]:
+            return [1, 2], 2
+
+    info = Batch.object_info()
+    assert info["output_is_list"] == [True, False] and info["output_name"] == ["items", "count"]
