@@ -330,6 +330,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     registry = build_registry()
     for module, error in registry.failed.items():
         print(f"warning: node module {module} failed to load:\n{error}", file=sys.stderr)
+    if not args.no_default_model:
+        from nodes import models
+
+        models.ensure_default_checkpoint()  # so a fresh machine's default workflow validates and runs at once
     dispatcher = LocalDispatcher(store, serve_executor(args, registry))
     config = ServerConfig(listen=args.listen, port=args.port, token=token, cors_origin=args.enable_cors_header,
                           max_upload_size=int(args.max_upload_size * 1024 * 1024), user_directory=user_dir,
@@ -337,8 +341,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = create_app(dispatcher, registry, config)
     hosts = bindable_hosts([h.strip() for h in args.listen.split(",") if h.strip()])
     shown = ", ".join(f"http://{'[' + h + ']' if ':' in h else h}:{args.port}" for h in hosts)
-    web.run_app(app, host=hosts, port=args.port, print=lambda _: print(f"Sumi serving on {shown}", flush=True),
-                access_log=None)
+    web.run_app(app, host=hosts, port=args.port, print=lambda _: print(f"Sumi serving on {shown}\n"
+                                                                           f"Open the editor: {shown.split(', ')[0]}/",
+                                                                           flush=True), access_log=None)
     store.close()
     return EXIT_OK
 
@@ -391,6 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="sampling previews for every client (auto: latent2rgb; none: never); by default only "
                             "clients that ask get them (extra_data.preview_method, or supports_preview_metadata "
                             "in their feature flags)")
+    serve.add_argument("--no-default-model", action="store_true",
+                       help="do not build the embedded tiny checkpoint when it is missing")
     serve.add_argument("--front-end", choices=["sumi", "comfyui"], default="sumi",
                        help="the front end served at / (comfyui: ComfyUI's own, from the installed "
                             "comfyui-frontend-package)")

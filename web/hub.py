@@ -19,7 +19,6 @@ it did not ask for.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import json
 import logging
@@ -101,13 +100,22 @@ class Hub:
         self._outbox = asyncio.Queue()
         self._pump = asyncio.create_task(self._run_pump())
 
+    async def close_sockets(self) -> None:
+        """On shutdown: a websocket is a request that never ends, and the server waits for open requests."""
+        async def close(client: Client) -> None:
+            self._detach(client)
+            try:  # a client that has gone away never answers the close frame
+                await asyncio.wait_for(client.ws.close(code=1001, message=b"server shutdown"), CLOSE_TIMEOUT)
+            except (TimeoutError, ConnectionError, RuntimeError):
+                if client.transport is not None:
+                    client.transport.abort()
+
+        await asyncio.gather(*(close(c) for c in list(self.clients.values())))
+
     async def stop(self) -> None:
         if self._pump is not None:
             self._pump.cancel()
-        for client in list(self.clients.values()):
-            self._detach(client)
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(client.ws.close(), CLOSE_TIMEOUT)
+        await self.close_sockets()
 
     def post(self, event: Event, client_id: str | None) -> None:
         """Thread-safe: queue an event for delivery (dropped once the loop has closed)."""

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import networkx as nx
 from aiohttp import web
 
 from executor.dispatch import Dispatcher
@@ -25,7 +26,7 @@ from executor.errors import ValidationFailed
 from executor.queue import DuplicatePromptId
 from executor.schema import Registry
 from executor.ui_format import is_ui_format, ui_to_api
-from executor.validate import ancestors_of
+from executor.validate import graph_of
 from executor.workflow import parse_api
 from nodes import devices, paths
 
@@ -86,6 +87,7 @@ def create_app(dispatcher: Dispatcher, registry: Registry, config: ServerConfig 
         app.router.add_route(method, path, handler)
     add_front_end(app, config.front_end_root)  # last: a front-end file never shadows a route
     app.on_startup.extend([userdata.on_startup, api.on_startup, internal.on_startup])
+    app.on_shutdown.append(lambda _: api.hub.close_sockets())
     app.on_cleanup.extend([internal.on_cleanup, api.on_cleanup])
     return app
 
@@ -320,8 +322,11 @@ def validation_response(prompt: Any, failed: ValidationFailed, registry: Registr
     wf, _ = parse_api(prompt)
     outputs = [nid for nid, spec in wf.nodes.items()
                if (cls := registry.get(spec.class_type)) is not None and cls.output_node]
+    # One walk per output, not one per (error, output) pair: a large broken graph stays fast to report on.
+    graph = graph_of(wf)
+    feeds = {out: nx.ancestors(graph, out) | {out} for out in outputs}
     for nid, entry in node_errors.items():
-        entry["dependent_outputs"] = [out for out in outputs if nid in ancestors_of(wf, [out])]
+        entry["dependent_outputs"] = [out for out in outputs if nid in feeds[out]]
     general = [e for e in failed.errors if e.node_id is None or e.type == "invalid_prompt"]
     if general:
         top = general[0].to_comfy()

@@ -33,8 +33,10 @@ def chromium_path() -> str:
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """Per module: Playwright's sync API holds an event loop on this thread while it runs, and other tests
+    call asyncio.run()."""
     from playwright.sync_api import sync_playwright
 
     if not (LITEGRAPH_DIST / "litegraph.es.js").is_file():
@@ -45,10 +47,11 @@ def browser() -> Iterator[Any]:
         chromium.close()
 
 
-def serve(base: Path, **config: Any) -> tuple[Running, LocalDispatcher]:
+def serve(base: Path, port: int = 0, **config: Any) -> tuple[Running, LocalDispatcher]:
     registry = build_registry()
     dispatcher = LocalDispatcher(PromptStore(base / "user" / "sumi.db"), Executor(registry, previews=True))
-    return start_server(create_app(dispatcher, registry, ServerConfig(**config)), dispatcher, base), dispatcher
+    app = create_app(dispatcher, registry, ServerConfig(**config))
+    return start_server(app, dispatcher, base, port), dispatcher
 
 
 @pytest.fixture(scope="module")

@@ -94,8 +94,14 @@ def test_search_adds_a_node(editor: EditorPage) -> None:
     editor.page.wait_for_timeout(100)  # litegraph hands focus back to the canvas 20 ms after a search closes
     editor.page.keyboard.press("/")
     editor.page.wait_for_selector(".litesearchbox input").type("reads the latent")
+    editor.page.wait_for_selector(".litesearchbox .lite-search-item[data-type='LoadLatent']")
     found = editor.page.eval_on_selector_all(".litesearchbox .lite-search-item", "els => els.map(e => e.dataset.type)")
-    assert "LoadLatent" in found
+    info = requests.get(editor.url + "api/object_info", timeout=10).json()
+    assert all(word in searchable(info[name]) for name in found for word in ("reads", "the", "latent"))
+
+
+def searchable(info: dict[str, Any]) -> str:
+    return " ".join([info["name"], info["display_name"], info["category"], info["description"]]).lower()
 
 
 def test_a_link_dropped_in_empty_space_offers_only_compatible_nodes(editor: EditorPage) -> None:
@@ -266,6 +272,11 @@ def test_interrupt_the_running_prompt(editor: EditorPage, editor_server: Any) ->
     record_events(editor)
     editor.page.click("#queue-button")
     editor.wait_for("() => window.events.some(e => e.type === 'progress' && e.value >= 2)")
+    # While it samples: the live preview is drawn in the sampler node and its progress bar fills.
+    sampler = str(editor.node_of("KSampler")["id"])
+    editor.wait_for("(id) => app.runState.nodes.get(id)?.preview?.naturalWidth > 0", sampler)
+    state = editor.js("(id) => { const s = app.runState.nodes.get(id); return [s.state, s.progress]; }", sampler)
+    assert state[0] == "running" and state[1][1] == 400 and 0 < state[1][0] < 400
     editor.page.click("#interrupt-button")
     event = editor.wait_for("() => window.events.find(e => e.type === 'execution_interrupted')")
     entry = requests.get(f"{editor_server.url}/history/{event['prompt_id']}", timeout=10).json()[event["prompt_id"]]
@@ -305,3 +316,81 @@ def drop_file(editor: EditorPage, name: str, mime: str, data: bytes) -> None:
               " c.dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true,"
               " clientX: r.left + r.width / 2, clientY: r.top + r.height / 2})); }",
               [name, mime, base64.b64encode(data).decode()])
+
+
+def test_unsaved_edits_survive_a_reload(editor: EditorPage) -> None:
+    sampler = editor.node_of("KSampler")["id"]
+    editor.set_widget(sampler, "cfg", 2.5)
+    editor.js("() => app.workflows.newTab('second')")
+    editor.page.wait_for_timeout(400)  # the browser copy is written 300 ms after the last edit
+    editor.page.reload()
+    editor.page.wait_for_selector("body[data-ready=true]")
+    tabs = editor.page.eval_on_selector_all("#tabs .tab-name", "els => els.map(e => e.textContent)")
+    assert [t.rstrip(" •") for t in tabs] == ["txt2img", "second"]
+    editor.page.click("#tabs .tab[data-index='0']")
+    assert editor.node_of("KSampler")["widgets"]["cfg"] == 2.5
+
+
+def test_the_editor_says_when_the_server_is_gone_and_reconnects(context: Any, tmp_path: Path,
+                                                                tiny_checkpoint: Path) -> None:
+    import socket
+
+    from nodes import paths
+    from tests.web.conftest import make_base
+
+    from .conftest import serve
+
+    saved = paths.FOLDERS
+    base = make_base(tmp_path / "base", tiny_checkpoint)
+    paths.configure(base)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    running, dispatcher = serve(base, port)
+    try:
+        page = EditorPage(context.new_page(), running.url + "/").open()
+        page.page.wait_for_selector("#connection.online")
+        page.set_widget(page.node_of("KSampler")["id"], "cfg", 6.5)
+        running.stop()
+        dispatcher.store.close()
+        page.page.wait_for_selector("#connection.offline", timeout=20000)
+        assert "reconnecting" in page.page.text_content("#connection")
+        assert page.node_of("KSampler")["widgets"]["cfg"] == 6.5  # the graph is kept
+        running, dispatcher = serve(base, port)
+        page.page.wait_for_selector("#connection.online", timeout=20000)
+        assert page.node_of("KSampler")["widgets"]["cfg"] == 6.5
+    finally:
+        running.stop()
+        dispatcher.store.close()
+        paths.FOLDERS = saved
+
+
+def test_model_combos_refresh_and_load_image_uploads(editor: EditorPage, editor_server: Any) -> None:
+    import shutil
+
+    target = editor_server.base / "models" / "checkpoints" / "added_later.safetensors"
+    shutil.copyfile(editor_server.base / "models" / "checkpoints" / "sumi_tiny_sd15.safetensors", target)
+    try:
+        editor.js("() => window.dispatchEvent(new Event('focus'))")
+        loader = editor.node_of("CheckpointLoaderSimple")["id"]
+        values = editor.wait_for("(id) => { const w = app.graph.getNodeById(id).widgets[0];"
+                                 " return w.options.values.includes('added_later.safetensors') && w.options.values; }",
+                                 loader)
+        assert "sumi_tiny_sd15.safetensors" in values
+    finally:
+        target.unlink()
+    # Load Image: a file dropped onto the node is uploaded into input/ and chosen.
+    node = editor.js("() => { const n = LiteGraph.createNode('LoadImage'); n.pos = [100, 600]; app.graph.add(n);"
+                     " return n.id; }")
+    png = REPO / "workflows" / "inputs" / "sumi_example.png"
+    center = editor.js("(id) => { const n = app.graph.getNodeById(id); return [n.pos[0] + n.size[0] / 2,"
+                       " n.pos[1] + 10]; }", node)
+    x, y = editor.screen_pos(center)
+    editor.js("([b64, x, y]) => { const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));"
+              " const dt = new DataTransfer(); dt.items.add(new File([bytes], 'dropped.png', {type: 'image/png'}));"
+              " app.canvas.canvas.dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true,"
+              " cancelable: true, clientX: x, clientY: y})); }",
+              [base64.b64encode(png.read_bytes()).decode(), x, y])
+    editor.wait_for("(id) => app.graph.getNodeById(id).widgets[0].value === 'dropped.png'", node)
+    assert (editor_server.base / "input" / "dropped.png").read_bytes() == png.read_bytes()
+    editor.wait_for("(id) => app.graph.getNodeById(id).imgs?.[0]?.naturalWidth > 0", node)

@@ -29,6 +29,7 @@ class SumiApp {
     this.canvas = new LGraphCanvas(element, this.graph);
     this.canvas.allow_searchbox = true;
     this.canvas.show_info = false;
+    this.canvas.render_canvas_border = false;
     Object.assign(LGraphCanvas.link_type_colors, SOCKET_COLORS);
     this.resize();
     window.addEventListener("resize", () => this.resize());
@@ -212,6 +213,7 @@ LiteGraph.release_link_on_empty_shows_menu = false;
 LiteGraph.search_filter_enabled = true;
 const app = new SumiApp();
 window.app = app;
+window.LiteGraph = LiteGraph;  // as ComfyUI's front end does: scripts and consoles create nodes with it
 app.setup().catch((error) => {
   console.error(error);
   toast(`The editor could not start: ${error.message}`, "error", 0);
