@@ -396,13 +396,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="sampling previews for every client (auto: latent2rgb; none: never); by default only "
                             "clients that ask get them (extra_data.preview_method, or supports_preview_metadata "
                             "in their feature flags)")
-    serve.add_argument("--no-default-model", action="store_true",
-                       help="do not build the embedded tiny checkpoint when it is missing")
     serve.add_argument("--front-end", choices=["sumi", "comfyui"], default="sumi",
                        help="the front end served at / (comfyui: ComfyUI's own, from the installed "
                             "comfyui-frontend-package)")
     serve.add_argument("--front-end-root", metavar="DIR",
                        help="serve this folder's index.html and files at / instead (any static front end)")
+    serve.add_argument("--no-default-model", action="store_true",
+                       help="do not build the embedded tiny checkpoint when it is missing")
     serve.set_defaults(func=cmd_serve)
     return parser
 

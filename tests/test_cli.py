@@ -26,7 +26,7 @@ SWEEP = ["run", "workflows/txt2img.json", "--set", "KSampler.seed=1,2", "--set",
          "5.height=64", "--set", "KSampler.steps=2"]
 NODE_TYPES = {"CheckpointLoaderSimple", "CLIPTextEncode", "CLIPSetLastLayer", "KSampler", "KSamplerAdvanced",
               "EmptyLatentImage", "LatentUpscale", "LatentUpscaleBy", "SaveLatent", "LoadLatent", "VAEDecode",
-              "VAEEncode", "LoadImage", "SaveImage", "PreviewImage"}
+              "VAEEncode", "LoadImage", "SaveImage", "SaveImageWebsocket", "PreviewImage"}
 TOOL_NODE_TYPES = {"VAEEncodeForInpaint", "LatentComposite", "LatentCompositeMasked", "RepeatLatentBatch",
                    "LatentFromBatch", "LatentBlend", "SetLatentNoiseMask", "ImageInvert", "ImageCrop", "ImageBatch",
                    "ImageBlend", "ImageCompositeMasked", "EmptyImage", "GetImageSize", "ImageScale", "ImageScaleBy",

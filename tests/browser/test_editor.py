@@ -394,3 +394,28 @@ def test_model_combos_refresh_and_load_image_uploads(editor: EditorPage, editor_
     editor.wait_for("(id) => app.graph.getNodeById(id).widgets[0].value === 'dropped.png'", node)
     assert (editor_server.base / "input" / "dropped.png").read_bytes() == png.read_bytes()
     editor.wait_for("(id) => app.graph.getNodeById(id).imgs?.[0]?.naturalWidth > 0", node)
+
+
+def test_save_reload_and_open_by_name(editor: EditorPage, editor_server: Any) -> None:
+    editor.set_widget(editor.node_of("KSampler")["id"], "cfg", 5.5)
+    editor.page.once("dialog", lambda dialog: dialog.accept("lighthouse study"))
+    editor.page.click("#save-button")
+    editor.page.wait_for_selector(".toast:has-text('Saved workflows/lighthouse study.json')")
+    # Stored through ComfyUI's user-data route, where any ComfyUI-compatible front end finds it.
+    saved = json.loads(requests.get(f"{editor_server.url}/api/userdata/workflows%2Flighthouse%20study.json",
+                                    timeout=10).text)
+    assert saved["extra"]["sumi"]["format_version"] == 1
+    assert next(n for n in saved["nodes"] if n["type"] == "KSampler")["widgets_values"][3] == 5.5
+    listed = requests.get(f"{editor_server.url}/api/userdata", params={"dir": "workflows"}, timeout=10).json()
+    assert "lighthouse study.json" in listed
+    assert editor.page.text_content("#tabs .tab.active .tab-name") == "lighthouse study"
+
+    editor.js("() => localStorage.clear()")  # a fresh browser: only the server has it
+    editor.page.reload()
+    editor.page.wait_for_selector("body[data-ready=true]")
+    editor.page.click("#open-button")
+    editor.page.click(".file-item[data-path='lighthouse study.json']")
+    editor.wait_for("() => app.workflows.current.path === 'workflows/lighthouse study.json'")
+    assert editor.node_of("KSampler")["widgets"]["cfg"] == 5.5
+    tabs = editor.page.eval_on_selector_all("#tabs .tab-name", "els => els.map(e => e.textContent)")
+    assert tabs == ["txt2img •", "lighthouse study"]
