@@ -422,3 +422,37 @@ def test_save_reload_and_open_by_name(editor: EditorPage, editor_server: Any) ->
     assert editor.node_of("KSampler")["widgets"]["cfg"] == 5.5
     tabs = editor.page.eval_on_selector_all("#tabs .tab-name", "els => els.map(e => e.textContent)")
     assert tabs == ["txt2img •", "lighthouse study"]
+
+
+def test_queue_panel_cancels_a_pending_prompt_and_the_gallery_loads_a_workflow(editor: EditorPage,
+                                                                               editor_server: Any) -> None:
+    editor.shrink()
+    sampler = editor.node_of("KSampler")["id"]
+    editor.set_widget(sampler, "steps", 300)
+    editor.set_widget(sampler, "seed", 31337)
+    record_events(editor)
+    editor.page.click("#queue-button")  # runs (long)
+    editor.wait_for("() => window.events.some(e => e.type === 'progress')")
+    editor.set_widget(sampler, "steps", 2)
+    editor.page.click("#queue-button")  # waits behind it
+    pending = editor.page.wait_for_selector("#queue-list .queue-item.pending")
+    pending_id = pending.get_attribute("data-prompt-id")
+    assert editor.page.query_selector("#queue-list .queue-item.running")
+    editor.page.click(f"#queue-list [data-prompt-id='{pending_id}'] button")  # Cancel
+    editor.wait_for("(id) => !document.querySelector(`#queue-list [data-prompt-id='${id}']`)", pending_id)
+    queue = requests.get(f"{editor_server.url}/queue", timeout=10).json()
+    assert all(item[1] != pending_id for item in queue["queue_pending"])
+    editor.page.click("#queue-list .queue-item.running button")  # Interrupt from the panel
+    editor.wait_for("() => window.events.some(e => e.type === 'execution_interrupted')")
+    assert requests.get(f"{editor_server.url}/history/{pending_id}", timeout=10).json() == {}
+
+    # A finished prompt in the gallery: open it large, then load its workflow onto a new tab.
+    editor.set_widget(sampler, "cfg", 3.25)
+    prompt_id = queue_and_wait(editor)
+    editor.page.click(f"#history-list [data-prompt-id='{prompt_id}'] img.thumb")
+    large = editor.page.wait_for_selector(".lightbox img")
+    editor.wait_for("(img) => img.complete && img.naturalWidth === 64", large)
+    editor.set_widget(sampler, "cfg", 9.0)  # the canvas moves on; the history keeps what ran
+    editor.page.click(".lightbox button:has-text('Load workflow')")
+    editor.wait_for("() => app.workflows.tabs.length === 2")
+    assert editor.node_of("KSampler")["widgets"]["cfg"] == 3.25
