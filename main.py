@@ -8,7 +8,8 @@
     python main.py run COMPONENT.json|component/NAME --input NAME=VALUE …
     python main.py run IMAGE.png --verify
     python main.py serve [--listen 127.0.0.1] [--port 8188] [--token T] [--enable-cors-header ORIGIN]
-                         [--preview-method auto|latent2rgb|none]
+                         [--preview-method auto|latent2rgb|none] [--front-end sumi|comfyui]
+                         [--front-end-root DIR]
 
 Exit status: 0 success, 1 a run-time error, 2 an invalid workflow or command line.
 """
@@ -287,7 +288,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         progress = Progress(tag)
 
         def on_event(event: Any, progress: Progress = progress) -> None:
-            if event.type == "preview":
+            if event.type in ("preview", "binary_image"):  # images for a websocket client, not for a terminal
                 return
             if args.json:
                 print(json.dumps(_jsonable(event.to_dict())), flush=True)
@@ -548,11 +549,39 @@ def cmd_nodes(args: argparse.Namespace) -> int:
 
 
 def serve_executor(args: argparse.Namespace, registry: Any) -> Any:
-    """The server's Executor: it computes previews unless --preview-method none (the CLI's never does)."""
+    """The server's Executor: it may compute previews unless --preview-method none (the CLI's never does); the
+    server decides per prompt whether its client asked for them."""
     from executor.runner import Executor
     from nodes import preview
 
-    return Executor(registry, previews=preview.enabled(args.preview_method))
+    return Executor(registry, previews=preview.enabled(args.preview_method or "auto"))
+
+
+class FrontEndMissing(Exception):
+    pass
+
+
+def front_end_folder(front_end: str, root: str | None) -> Path | None:
+    """The folder served at / (None: Sumi's editor): --front-end-root wins; `comfyui` is the static folder of
+    the installed comfyui-frontend-package."""
+    if root:
+        folder = Path(root).expanduser().resolve()
+        if not (folder / "index.html").is_file():
+            raise FrontEndMissing(f"--front-end-root {root}: no index.html in {folder}")
+        return folder
+    if front_end != "comfyui":
+        return None
+    import importlib.util
+
+    spec = importlib.util.find_spec("comfyui_frontend_package")
+    if spec is None or not spec.submodule_search_locations:
+        raise FrontEndMissing("ComfyUI's front end is not installed: `pip install "
+                              "comfyui-frontend-package==1.58.1` (the version requirements.txt pins and the tests "
+                              "use), or pass --front-end-root DIR")
+    folder = Path(next(iter(spec.submodule_search_locations))) / "static"
+    if not (folder / "index.html").is_file():
+        raise FrontEndMissing(f"comfyui-frontend-package is installed but has no static/index.html in {folder}")
+    return folder
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -582,17 +611,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if token is None and not is_loopback(args.listen):
         token = secrets.token_urlsafe(24)
         print(f"listening on {args.listen} needs a token; this run's token: {token}", flush=True)
+    try:
+        front_end_root = front_end_folder(args.front_end, args.front_end_root)
+    except FrontEndMissing as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        store.close()
+        return EXIT_INVALID
     registry = build_registry()
     for module, error in registry.failed.items():
         print(f"warning: node module {module} failed to load:\n{error}", file=sys.stderr)
+    if not args.no_default_model:
+        from nodes import models
+
+        models.ensure_default_checkpoint()  # so a fresh machine's default workflow validates and runs at once
     dispatcher = LocalDispatcher(store, serve_executor(args, registry))
     config = ServerConfig(listen=args.listen, port=args.port, token=token, cors_origin=args.enable_cors_header,
-                          max_upload_size=int(args.max_upload_size * 1024 * 1024))
+                          max_upload_size=int(args.max_upload_size * 1024 * 1024), user_directory=user_dir,
+                          preview_method=args.preview_method, front_end_root=front_end_root)
     app = create_app(dispatcher, registry, config)
     hosts = bindable_hosts([h.strip() for h in args.listen.split(",") if h.strip()])
     shown = ", ".join(f"http://{'[' + h + ']' if ':' in h else h}:{args.port}" for h in hosts)
-    web.run_app(app, host=hosts, port=args.port, print=lambda _: print(f"Sumi serving on {shown}", flush=True),
-                access_log=None)
+    web.run_app(app, host=hosts, port=args.port, print=lambda _: print(f"Sumi serving on {shown}\n"
+                                                                           f"Open the editor: {shown.split(', ')[0]}/",
+                                                                           flush=True), access_log=None)
     store.close()
     return EXIT_OK
 
@@ -658,13 +699,23 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--enable-cors-header", nargs="?", const="*", metavar="ORIGIN",
                        help="allow cross-origin requests from ORIGIN (bare: any origin)")
     serve.add_argument("--max-upload-size", type=float, default=100, help="largest request body, in MB")
-    serve.add_argument("--user-directory", help="where sumi.db lives (default: BASE/user)")
+    serve.add_argument("--user-directory", help="where sumi.db, settings and saved workflows live "
+                       "(default: BASE/user)")
     serve.add_argument("--database", help="the queue/history SQLite file (default: USER_DIRECTORY/sumi.db)")
     serve.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     serve.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
     serve.add_argument("--threads", type=int, help="torch CPU threads")
-    serve.add_argument("--preview-method", default="auto", choices=["none", "auto", "latent2rgb"],
-                       help="previews sent to the websocket while sampling (auto: latent2rgb; none: no previews)")
+    serve.add_argument("--preview-method", default=None, choices=["none", "auto", "latent2rgb"],
+                       help="sampling previews for every client (auto: latent2rgb; none: never); by default only "
+                            "clients that ask get them (extra_data.preview_method, or supports_preview_metadata "
+                            "in their feature flags)")
+    serve.add_argument("--front-end", choices=["sumi", "comfyui"], default="sumi",
+                       help="the front end served at / (comfyui: ComfyUI's own, from the installed "
+                            "comfyui-frontend-package)")
+    serve.add_argument("--front-end-root", metavar="DIR",
+                       help="serve this folder's index.html and files at / instead (any static front end)")
+    serve.add_argument("--no-default-model", action="store_true",
+                       help="do not build the embedded tiny checkpoint when it is missing")
     serve.set_defaults(func=cmd_serve)
     return parser
 

@@ -100,6 +100,8 @@ class LocalDispatcher:
 
     store: PromptStore
     executor: Executor
+    # Whether a prompt's run computes previews (the host decides who asked for them); None: the executor's setting.
+    preview_policy: Callable[[QueueItem], bool] | None = None
     _listeners: list[Listener] = field(default_factory=list)
     _secrets: dict[str, dict[str, Any]] = field(default_factory=dict)  # in memory only, never on disk
     _wake: threading.Condition = field(default_factory=threading.Condition)
@@ -264,8 +266,9 @@ class LocalDispatcher:
         started = time.perf_counter()
         try:
             valid = self.executor.prepare(item.prompt, item.outputs_to_execute or None)
+            previews = self.preview_policy(item) if self.preview_policy is not None else None
             result = self.executor.execute(valid, item.prompt, prompt_id=item.prompt_id, extra_data=extra,
-                                           on_event=on_event)
+                                           on_event=on_event, previews=previews)
         except ValidationFailed as failed:  # files changed between queueing and running (or after a restart)
             result = _invalid_at_run_time(item.prompt_id, failed, on_event)
         if running.stopping and result.status == "interrupted":

@@ -108,6 +108,12 @@ class RunContext:
                                         "display_node": self.node_id, "parent_node": parent_id(self.node_id)}))
         self.check_interrupt()
 
+    def send_image(self, image: Any, image_format: str = "PNG") -> None:
+        """Send an image (PIL) to the submitting client as a binary frame: an output (ComfyUI's
+        SaveImageWebsocket), sent whether or not the client asked for previews."""
+        self.emit(Event("binary_image", {"image": image, "format": image_format, "prompt_id": self.prompt_id,
+                                         "node": self.node_id, "display_node": self.node_id}))
+
 
 @dataclass
 class RunResult:
@@ -187,8 +193,10 @@ class Executor:
 
     def execute(self, valid: ValidPrompt, prompt: dict[str, Any], *, prompt_id: str | None = None,
                 extra_data: dict[str, Any] | None = None,
-                on_event: Callable[[Event], None] | None = None) -> RunResult:
+                on_event: Callable[[Event], None] | None = None, previews: bool | None = None) -> RunResult:
+        """Run a validated prompt. `previews` overrides the executor's setting for this run (None keeps it)."""
         prompt_id = prompt_id or uuid.uuid4().hex
+        wants_previews = self.previews if previews is None else previews
         emit = on_event or (lambda event: None)
         self.interrupt_flag.clear()
         wf: Workflow = valid.workflow
@@ -242,7 +250,7 @@ class Executor:
                 kwargs = {k: v for k, v in constants.items() if cls.input(k)}
                 kwargs.update({k: values[link.node][link.slot] for k, link in links.items() if cls.input(k)})
                 ctx = RunContext(nid, prompt_id, prompt, (extra_data or {}).get("extra_pnginfo"), emit,
-                                 self.interrupt_flag, self.previews, states)
+                                 self.interrupt_flag, wants_previews, states)
                 out = cls().run(ctx, **kwargs)
                 ui = None
                 if isinstance(out, Result):

@@ -130,3 +130,104 @@ def subgraph_body(data: dict[str, Any], ref: str, registry: Registry) -> tuple[A
             for nid, node in body.items()}
     definition: Graph = graph.definitions[str(hits[0]["id"])]
     return definition, body, graph
+
+
+def _numeric_first(nid: str) -> tuple[int, int | str]:
+    return (0, int(nid)) if nid.isdigit() else (1, nid)
+
+
+def api_to_ui(prompt: dict[str, Any], registry: Registry) -> dict[str, Any]:
+    """An API-format prompt as an editor graph (schema 0.4), laid out left to right by dependency depth.
+
+    The inverse of `ui_to_api` for what the API format carries: `ui_to_api(api_to_ui(p))` gives `p` back
+    (titles in `_meta` included). Widget values follow the schema's widget order, a seed widget gets the
+    control value "fixed" (the value stays as written), and a widget fed by a link keeps its default."""
+    ids = sorted(prompt, key=_numeric_first)
+    numeric = {nid: int(nid) for nid in ids if nid.isdigit()}
+    next_id = max(numeric.values(), default=0)
+    ui_id: dict[str, int] = {}
+    for nid in ids:
+        if nid not in numeric:
+            next_id += 1
+        ui_id[nid] = numeric.get(nid, next_id)
+
+    def link_of(value: Any) -> tuple[str, int] | None:
+        if isinstance(value, list) and len(value) == 2 and str(value[0]) in prompt and isinstance(value[1], int):
+            return str(value[0]), value[1]
+        return None
+
+    depth: dict[str, int] = {}
+
+    def depth_of(nid: str, seen: frozenset[str] = frozenset()) -> int:
+        if nid not in depth:
+            sources = [link[0] for v in prompt[nid].get("inputs", {}).values() if (link := link_of(v))]
+            depth[nid] = 1 + max((depth_of(s, seen | {nid}) for s in sources if s not in seen), default=-1)
+        return depth[nid]
+
+    nodes: dict[str, dict[str, Any]] = {}
+    links: list[list[Any]] = []
+    for nid in ids:
+        spec = prompt[nid]
+        kind = str(spec.get("class_type"))
+        cls = registry.get(kind)
+        inputs: dict[str, Any] = spec.get("inputs") or {}
+        slots: list[dict[str, Any]] = []
+        widgets: list[Any] = []
+        declared = list(cls.inputs) if cls else []
+        for inp in declared:
+            value = inputs.get(inp.name)
+            linked = link_of(value)
+            if inp.is_widget:
+                if linked is None and inp.name in inputs:
+                    widgets.append(value)
+                else:
+                    widgets.append(inp.default if inp.default is not None or not inp.is_combo
+                                   else (inp.choices() or [None])[0])
+                if inp.extra.get("control_after_generate"):
+                    widgets.append("fixed")
+                if linked is not None:
+                    slots.append({"name": inp.name, "type": inp.type if not inp.is_combo else "COMBO",
+                                  "link": None, "widget": {"name": inp.name}})
+            elif linked is not None or not inp.optional:
+                slots.append({"name": inp.name, "type": inp.type, "link": None})
+        if cls is None:  # unknown type: keep what the prompt says, so validation can still name it
+            widgets = [v for v in inputs.values() if link_of(v) is None]
+            slots = [{"name": k, "type": "*", "link": None} for k, v in inputs.items() if link_of(v)]
+        outputs = [{"name": o.name or o.type, "type": o.type, "links": [], "slot_index": i}
+                   for i, o in enumerate(cls.outputs if cls else [])]
+        node: dict[str, Any] = {"id": ui_id[nid], "type": kind, "pos": [0, 0], "size": [320, 0], "flags": {},
+                                "order": 0, "mode": 0, "inputs": slots, "outputs": outputs,
+                                "properties": {"Node name for S&R": kind}, "widgets_values": widgets}
+        title = (spec.get("_meta") or {}).get("title")
+        if title:
+            node["title"] = title
+        nodes[nid] = node
+    for nid in ids:
+        for slot_index, slot in enumerate(nodes[nid]["inputs"]):
+            linked = link_of((prompt[nid].get("inputs") or {}).get(slot["name"]))
+            if linked is None:
+                continue
+            origin, origin_slot = linked
+            outs = nodes[origin]["outputs"]
+            while len(outs) <= origin_slot:  # an unknown origin type: give it the slot the link names
+                outs.append({"name": f"out{len(outs)}", "type": "*", "links": [], "slot_index": len(outs)})
+            link_type = outs[origin_slot]["type"] if slot["type"] == "*" else slot["type"]
+            link_id = len(links) + 1
+            links.append([link_id, ui_id[origin], origin_slot, ui_id[nid], slot_index, link_type])
+            slot["link"] = link_id
+            outs[origin_slot]["links"].append(link_id)
+    # Layout: one column per dependency depth, nodes stacked in id order, heights from their rows.
+    column_y: dict[int, float] = {}
+    for order, nid in enumerate(sorted(ids, key=lambda n: (depth_of(n), _numeric_first(n)))):
+        node, column = nodes[nid], depth_of(nid)
+        rows = max(len(node["inputs"]), len(node["outputs"]))
+        multiline = sum(1 for i in (registry.get(node["type"]).inputs if registry.get(node["type"]) else ())
+                        if i.multiline)
+        height = 30 + 22 * rows + 24 * len(node["widgets_values"]) + 60 * multiline
+        node["size"] = [320, height]
+        node["pos"] = [40 + 380 * column, column_y.get(column, 40.0)]
+        node["order"] = order
+        column_y[column] = column_y.get(column, 40.0) + height + 70
+    return {"last_node_id": max(ui_id.values(), default=0), "last_link_id": len(links),
+            "nodes": [nodes[nid] for nid in ids], "links": links, "groups": [], "config": {},
+            "extra": {"ds": {"scale": 1, "offset": [0, 0]}}, "version": 0.4}

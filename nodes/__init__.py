@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from executor.schema import Registry
 
-NODE_MODULES = ("nodes.loaders", "nodes.conditioning", "nodes.sampling", "nodes.latent", "nodes.image")
+NODE_MODULES = ("nodes.loaders", "nodes.conditioning", "nodes.sampling", "nodes.latent", "nodes.image",
+                "nodes.latent_tools", "nodes.image_tools", "nodes.mask", "nodes.primitives")
 
 
 def build_registry() -> Registry:

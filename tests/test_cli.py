@@ -30,7 +30,14 @@ SWEEP = ["run", "workflows/txt2img.json", "--set", "KSampler.seed=1,2", "--set",
          "5.height=64", "--set", "KSampler.steps=2"]
 NODE_TYPES = {"CheckpointLoaderSimple", "CLIPTextEncode", "CLIPSetLastLayer", "KSampler", "KSamplerAdvanced",
               "EmptyLatentImage", "LatentUpscale", "LatentUpscaleBy", "SaveLatent", "LoadLatent", "VAEDecode",
-              "VAEEncode", "LoadImage", "SaveImage", "PreviewImage"}
+              "VAEEncode", "LoadImage", "SaveImage", "SaveImageWebsocket", "PreviewImage"}
+TOOL_NODE_TYPES = {"VAEEncodeForInpaint", "LatentComposite", "LatentCompositeMasked", "RepeatLatentBatch",
+                   "LatentFromBatch", "LatentBlend", "SetLatentNoiseMask", "ImageInvert", "ImageCrop", "ImageBatch",
+                   "ImageBlend", "ImageCompositeMasked", "EmptyImage", "GetImageSize", "ImageScale", "ImageScaleBy",
+                   "ImageScaleToTotalPixels", "ImagePadForOutpaint", "Canny", "ImageToMask", "MaskToImage",
+                   "InvertMask", "GrowMask", "FeatherMask", "SolidMask", "ThresholdMask", "MaskComposite",
+                   "MaskPreview", "LoadImageMask", "PrimitiveInt", "PrimitiveFloat", "PrimitiveString",
+                   "PrimitiveStringMultiline", "PrimitiveBoolean"}
 HEAVY = ("torch", "diffusers", "transformers", "safetensors", "numpy")
 
 
@@ -235,8 +242,8 @@ def test_nodes_json_is_object_info_for_every_node_type(base: Path) -> None:
     proc = cli(base, "nodes", "--json")
     assert proc.returncode == 0, proc.stderr
     info = json.loads(proc.stdout)
-    # the 15 node types, and the shipped component at its latest and pinned version
-    assert set(info) == NODE_TYPES | {"component/txt2img_tiny", "component/txt2img_tiny@1"}
+    # every node type, and the shipped component at its latest and pinned version
+    assert set(info) == NODE_TYPES | TOOL_NODE_TYPES | {"component/txt2img_tiny", "component/txt2img_tiny@1"}
     for name, entry in info.items():
         assert entry["name"] == name
         assert isinstance(entry["display_name"], str) and entry["display_name"]
