@@ -164,11 +164,6 @@ def _listing(folder: Path, extensions: tuple[str, ...]) -> list[str]:
     return names
 
 
-def list_models_in(folder: Path, extensions: tuple[str, ...] = MODEL_EXTENSIONS) -> list[str]:
-    """Relative names (subfolders with '/') of the model files in one folder, sorted (cached as below)."""
-    return sorted(_listing(folder, extensions)) if folder.is_dir() else []
-
-
 def list_models(kind: str, extensions: tuple[str, ...] = MODEL_EXTENSIONS) -> list[str]:
     """Relative names (subfolders with '/') of the model files of one kind, sorted, first folder wins.
 
@@ -181,6 +176,11 @@ def list_models(kind: str, extensions: tuple[str, ...] = MODEL_EXTENSIONS) -> li
         for rel in _listing(folder, extensions):
             names.setdefault(rel, None)
     return sorted(names)
+
+
+def list_models_in(folder: Path, extensions: tuple[str, ...] = MODEL_EXTENSIONS) -> list[str]:
+    """Relative names (subfolders with '/') of the model files in one folder, sorted (cached as list_models is)."""
+    return sorted(_listing(folder, extensions)) if folder.is_dir() else []
 
 
 def model_files(kind: str, extensions: tuple[str, ...] = MODEL_EXTENSIONS) -> list[tuple[int, str]]:

@@ -242,7 +242,7 @@ def test_nodes_json_is_object_info_for_every_node_type(base: Path) -> None:
     proc = cli(base, "nodes", "--json")
     assert proc.returncode == 0, proc.stderr
     info = json.loads(proc.stdout)
-    # every node type, and the shipped component at its latest and pinned version
+    # the node types, and the shipped component at its latest and pinned version
     assert set(info) == NODE_TYPES | TOOL_NODE_TYPES | {"component/txt2img_tiny", "component/txt2img_tiny@1"}
     for name, entry in info.items():
         assert entry["name"] == name

@@ -92,10 +92,6 @@ class Hub:
         self._pump: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
-    @property
-    def client_features(self) -> dict[str, dict[str, Any]]:
-        return {sid: c.features for sid, c in self.clients.items()}
-
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._outbox = asyncio.Queue()

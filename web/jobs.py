@@ -11,18 +11,24 @@ store, whatever its state: pending, in_progress (running), completed (success), 
                      execution_meta}
     POST /jobs/{id}/cancel → {cancelled: [id]}: a pending job leaves the queue, a running one is interrupted
     POST /jobs/cancel {job_ids: [...]} → {cancelled: [the ids that were pending or running]}
+    GET /jobs/{id}/assets?limit=N&offset=M → {job_id, assets: [{id, name, preview_url, mime_type, size, node_id,
+                     output_key, output_index, created_at}], pagination}: the files its outputs list
 """
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from aiohttp import web
 
 from executor.dispatch import Dispatcher
 from executor.queue import JobRow, QueueItem, State
 
+from . import files
 from .files import error
 from .userdata import Refused, read_body
 
@@ -105,13 +111,31 @@ def detail(row: JobRow, item: QueueItem) -> dict[str, Any]:
     return out
 
 
+def job_assets(row: JobRow) -> list[dict[str, Any]]:
+    """Every file a job's outputs list, with where to fetch it and, when it is still there, its size."""
+    created = None if row.finished_at is None else \
+        datetime.datetime.fromtimestamp(row.finished_at, datetime.UTC).isoformat().replace("+00:00", "Z")
+    out, index_of = [], {}
+    for node_id, key, record in _files(row.outputs):
+        index = index_of[(node_id, key)] = index_of.get((node_id, key), -1) + 1
+        name, subfolder, kind = str(record["filename"]), str(record.get("subfolder", "")), record.get("type", "output")
+        path = files.safe_target(str(kind), subfolder, name)
+        size = path.stat().st_size if isinstance(path, Path) and path.is_file() else None
+        out.append({"id": f"{row.prompt_id}:{node_id}:{key}:{index}", "name": name,
+                    "preview_url": "/api/view?" + urlencode({"filename": name, "subfolder": subfolder, "type": kind}),
+                    "mime_type": files.INLINE_TYPES.get(Path(name).suffix.lower()), "size": size,
+                    "node_id": node_id, "output_key": key, "output_index": index, "created_at": created})
+    return out
+
+
 class Jobs:
     def __init__(self, dispatcher: Dispatcher) -> None:
         self.dispatcher = dispatcher
 
     def routes(self) -> list[tuple[str, str, Any]]:
         return [("GET", "/jobs", self.list), ("POST", "/jobs/cancel", self.cancel_many),
-                ("GET", "/jobs/{job_id}", self.get), ("POST", "/jobs/{job_id}/cancel", self.cancel_one)]
+                ("GET", "/jobs/{job_id}", self.get), ("POST", "/jobs/{job_id}/cancel", self.cancel_one),
+                ("GET", "/jobs/{job_id}/assets", self.assets)]
 
     async def list(self, request: web.Request) -> web.Response:
         q = request.query
@@ -144,6 +168,25 @@ class Jobs:
         if found is None:
             return error(404, "not_found", f"no job {request.match_info['job_id']!r}")
         return web.json_response(detail(*found))
+
+    async def assets(self, request: web.Request) -> web.Response:
+        job_id = request.match_info["job_id"]
+        try:
+            limit = int(request.query["limit"]) if request.query.get("limit") else None
+            offset = int(request.query.get("offset") or 0)
+        except ValueError:
+            return error(400, "invalid_request", "limit and offset must be integers")
+        if (limit is not None and limit < 0) or offset < 0:
+            return error(400, "invalid_request", "limit and offset must not be negative")
+        found = await asyncio.to_thread(self.dispatcher.store.job, job_id)
+        if found is None:
+            return error(404, "not_found", f"no job {job_id!r}")
+        row = found[0]
+        every = await asyncio.to_thread(job_assets, row)
+        page = every[offset:] if limit is None else every[offset:offset + limit]
+        return web.json_response({"job_id": job_id, "assets": page, "pagination": {
+            "offset": offset, "limit": limit if limit is not None else len(every), "total": len(every),
+            "has_more": offset + len(page) < len(every)}})
 
     def _cancel(self, job_id: str) -> bool | None:
         """True if cancelled, False if it had already finished, None if there is no such job."""

@@ -1,7 +1,8 @@
 """ComfyUI's own front end (comfyui-frontend-package 1.58.1, as `main.py serve --front-end comfyui` serves it)
 against a real Sumi server, in Debian's Chromium.
 
-Proves: it starts with no failed /api request and no page error; it loads Sumi's txt2img (`app.loadApiJson`),
+Proves: it starts with no failed /api request and no page error; its templates dialog offers Sumi's shipped
+workflows and opens one as a graph whose prompt is exactly that workflow; it loads Sumi's txt2img (`app.loadApiJson`),
 queues it with its own `app.queuePrompt(0, 1)`, the image comes back (the node's output, fetched from /view)
 and the job is completed in `/jobs`; Sumi's extension shows why each node ran and how long it took, and
 "cached" on the identical second run; a setting written through the front end and a workflow saved through
@@ -118,6 +119,17 @@ def test_official_front_end_runs_a_workflow_and_keeps_user_data(browser: Any, ba
         context, page, watch = open_front_end(browser, server.url)
         assert watch.failed == [] and watch.errors == []
         assert page.evaluate("Object.keys(LiteGraph.registered_node_types).includes('KSampler')")
+
+        # A first start opens the templates dialog: Sumi's shipped workflows are there, and one opens as a graph.
+        card = page.get_by_text("hires fix", exact=True)
+        card.wait_for(timeout=30_000)
+        card.click()
+        page.wait_for_function("app.graph._nodes.some(n => n.type === 'LatentUpscaleBy')", timeout=30_000)
+        hires = json.loads((REPO / "workflows" / "hires_fix.json").read_text())
+        assert sorted(page.evaluate("app.graph._nodes.map(n => n.type)")) == \
+            sorted(n["class_type"] for n in hires.values())
+        prompt = page.evaluate("app.graphToPrompt().then(p => p.output)")
+        assert {k: v["inputs"] for k, v in prompt.items()} == {k: v["inputs"] for k, v in hires.items()}
 
         page.evaluate("prompt => app.loadApiJson(prompt, 'txt2img.json')", small_txt2img())
         page.wait_for_function("app.graph._nodes.length === 7")

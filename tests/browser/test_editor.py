@@ -93,11 +93,14 @@ def test_search_adds_a_node(editor: EditorPage) -> None:
     # The search also finds nodes by description.
     editor.page.wait_for_timeout(100)  # litegraph hands focus back to the canvas 20 ms after a search closes
     editor.page.keyboard.press("/")
-    editor.page.wait_for_selector(".litesearchbox input").type("reads the latent")
-    editor.page.wait_for_selector(".litesearchbox .lite-search-item[data-type='LoadLatent']")
-    found = editor.page.eval_on_selector_all(".litesearchbox .lite-search-item", "els => els.map(e => e.dataset.type)")
+    editor.page.wait_for_selector(".litesearchbox input").type("weighting")
     info = requests.get(editor.url + "api/object_info", timeout=10).json()
-    assert all(word in searchable(info[name]) for name in found for word in ("reads", "the", "latent"))
+    expected = sorted(name for name in info if "weighting" in searchable(info[name]))
+    assert "CLIPTextEncode" in expected and "weighting" in info["CLIPTextEncode"]["description"]
+    # The list settles on exactly the nodes whose name, title, category or description has the word.
+    editor.wait_for("(want) => { const got = [...document.querySelectorAll('.litesearchbox .lite-search-item')]"
+                    ".map(e => e.dataset.type).sort(); return JSON.stringify(got) === JSON.stringify(want); }",
+                    expected, timeout=10000)
 
 
 def searchable(info: dict[str, Any]) -> str:
@@ -419,3 +422,37 @@ def test_save_reload_and_open_by_name(editor: EditorPage, editor_server: Any) ->
     assert editor.node_of("KSampler")["widgets"]["cfg"] == 5.5
     tabs = editor.page.eval_on_selector_all("#tabs .tab-name", "els => els.map(e => e.textContent)")
     assert tabs == ["txt2img •", "lighthouse study"]
+
+
+def test_queue_panel_cancels_a_pending_prompt_and_the_gallery_loads_a_workflow(editor: EditorPage,
+                                                                               editor_server: Any) -> None:
+    editor.shrink()
+    sampler = editor.node_of("KSampler")["id"]
+    editor.set_widget(sampler, "steps", 300)
+    editor.set_widget(sampler, "seed", 31337)
+    record_events(editor)
+    editor.page.click("#queue-button")  # runs (long)
+    editor.wait_for("() => window.events.some(e => e.type === 'progress')")
+    editor.set_widget(sampler, "steps", 2)
+    editor.page.click("#queue-button")  # waits behind it
+    pending = editor.page.wait_for_selector("#queue-list .queue-item.pending")
+    pending_id = pending.get_attribute("data-prompt-id")
+    assert editor.page.query_selector("#queue-list .queue-item.running")
+    editor.page.click(f"#queue-list [data-prompt-id='{pending_id}'] button")  # Cancel
+    editor.wait_for("(id) => !document.querySelector(`#queue-list [data-prompt-id='${id}']`)", pending_id)
+    queue = requests.get(f"{editor_server.url}/queue", timeout=10).json()
+    assert all(item[1] != pending_id for item in queue["queue_pending"])
+    editor.page.click("#queue-list .queue-item.running button")  # Interrupt from the panel
+    editor.wait_for("() => window.events.some(e => e.type === 'execution_interrupted')")
+    assert requests.get(f"{editor_server.url}/history/{pending_id}", timeout=10).json() == {}
+
+    # A finished prompt in the gallery: open it large, then load its workflow onto a new tab.
+    editor.set_widget(sampler, "cfg", 3.25)
+    prompt_id = queue_and_wait(editor)
+    editor.page.click(f"#history-list [data-prompt-id='{prompt_id}'] img.thumb")
+    large = editor.page.wait_for_selector(".lightbox img")
+    editor.wait_for("(img) => img.complete && img.naturalWidth === 64", large)
+    editor.set_widget(sampler, "cfg", 9.0)  # the canvas moves on; the history keeps what ran
+    editor.page.click(".lightbox button:has-text('Load workflow')")
+    editor.wait_for("() => app.workflows.tabs.length === 2")
+    assert editor.node_of("KSampler")["widgets"]["cfg"] == 3.25

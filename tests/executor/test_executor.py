@@ -1,7 +1,6 @@
 """The generic engine on toy nodes: ordering, pruning, every validation error, cycles, cache rules, events."""
 from __future__ import annotations
 
-import threading
 from typing import Any, ClassVar
 
 import pytest
@@ -336,12 +335,21 @@ def test_interrupt_at_progress(ex: Executor) -> None:
         if e.type == "progress" and e.data["value"] == 2:
             ex.interrupt_flag.set()
 
+    CALLS.clear()
     result = ex.run(prompt, on_event=on_event)
     assert result.status == "interrupted"
-    assert [e.data["value"] for e in events if e.type == "progress"] == [1, 2]
+    assert [e.data["value"] for e in events if e.type == "progress"] == [1, 2]  # step 3 never reported
     last = next(e for e in events if e.type == "execution_interrupted").data
-    assert last["node_id"] == "2" and last["executed"] == ["1"]
-    assert isinstance(ex.interrupt_flag, threading.Event)
+    assert last["node_id"] == "2" and last["node_type"] == "Tensorize" and last["executed"] == ["1"]
+    # Nothing after the interrupted node ran or produced output, and its half-done value was not cached.
+    assert CALLS == ["1", "2"] and result.outputs == {} and "3" not in result.ran
+    assert [e.type for e in events][-2:] == ["execution_interrupted", "executing"]
+    assert events[-1].data == {"node": None, "prompt_id": result.prompt_id}
+    # The flag is cleared by the next run, which resumes from the cache: only the interrupted node onward runs.
+    CALLS.clear()
+    again = ex.run(prompt)
+    assert again.status == "success" and not ex.interrupt_flag.is_set()
+    assert CALLS == ["2", "3"] and again.outputs["3"] == {"sum": [4.0]}
 
 
 def test_lru_budget_evicts_and_reason_says_so() -> None:
@@ -386,3 +394,15 @@ def test_module_that_fails_to_import_is_reported_and_skipped() -> None:
     assert "tests.executor.no_such_module" in reg.failed
     assert "executor.schema" in reg.failed  # imports, but has no NODES: reported too
     assert reg.nodes == {}
+
+
+def test_object_info_declares_list_outputs() -> None:
+    class Batch(Node):
+        type = "Batch"
+        outputs = (Output("INT", "items", is_list=True), Output("INT", "count"))
+
+        def run(self, ctx: Any) -> tuple[Any, ...]:
+            return [1, 2], 2
+
+    info = Batch.object_info()
+    assert info["output_is_list"] == [True, False] and info["output_name"] == ["items", "count"]

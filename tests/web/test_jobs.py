@@ -3,9 +3,10 @@
 Proves: every state maps to ComfyUI's job status; the list filters by status and workflow, sorts by creation
 time or duration both ways, pages with limit/offset and an exact `pagination` (total, has_more); a job's detail
 carries its prompt, extra_data, outputs and status messages; a finished job reports its error, its output count
-and its preview image; cancelling removes a pending job, interrupts the running one (it ends "cancelled"),
-refuses a finished one (409) and an unknown one (404); the history is still there after a restart; bad
-parameters are 400s. Against the real server: a txt2img run is a completed job whose preview is its image.
+and its preview image, and lists its files as assets (paged); cancelling removes a pending job, interrupts the
+running one (it ends "cancelled"), refuses a finished one (409) and an unknown one (404); the history is still
+there after a restart; bad parameters are 400s. Against the real server: a txt2img run is a completed job whose
+preview is its image, and its asset's URL serves that image.
 """
 from __future__ import annotations
 
@@ -156,6 +157,19 @@ def test_detail_cancel_and_restart(filled: Path, registry: Any) -> None:
             assert [m[0] for m in detail["execution_status"]["messages"]] == ["execution_start", "execution_success"]
             assert detail["execution_meta"] == {"9": {"node_id": "9"}} and detail["update_time"] == 1_000_006_000
             assert (await c.get("/api/jobs/nope")).status == 404
+            assets = await (await c.get("/api/jobs/ok/assets")).json()
+            assert [(a["name"], a["node_id"], a["output_key"], a["output_index"]) for a in assets["assets"]] == \
+                [("a_00001_.png", "9", "images", 0), ("b.png", "9", "images", 1)]
+            first = assets["assets"][0]
+            assert first["id"] == "ok:9:images:0" and first["mime_type"] == "image/png" and first["size"] is None
+            assert first["preview_url"] == "/api/view?filename=a_00001_.png&subfolder=&type=output"
+            assert first["created_at"] == "1970-01-12T13:46:46Z"  # finished at 1,000,006 s
+            page = await (await c.get("/api/jobs/ok/assets?limit=1&offset=1")).json()
+            assert [a["name"] for a in page["assets"]] == ["b.png"]
+            assert page["pagination"] == {"offset": 1, "limit": 1, "total": 2, "has_more": False}
+            assert (await (await c.get("/api/jobs/bad/assets")).json())["assets"] == []
+            assert (await c.get("/api/jobs/nope/assets")).status == 404
+            assert (await c.get("/api/jobs/ok/assets?limit=-1")).status == 400
 
             r = await c.post("/api/jobs/wait1/cancel")
             assert r.status == 200 and await r.json() == {"cancelled": ["wait1"]}
@@ -213,4 +227,9 @@ def test_real_run_is_a_completed_job_and_cancel_interrupts(server: Running) -> N
                 detail = await r.json()
             assert detail["workflow"]["prompt"]["3"]["inputs"]["seed"] == 7
             assert detail["outputs"]["9"]["images"] == [image]
+            async with s.get(f"{server.url}/jobs/{done_id}/assets") as r:
+                (asset,) = (await r.json())["assets"]
+            async with s.get(server.url + asset["preview_url"]) as r:
+                assert r.status == 200 and r.content_type == "image/png"
+                assert len(await r.read()) == asset["size"] > 0
     asyncio.run(scenario())

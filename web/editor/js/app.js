@@ -12,6 +12,8 @@ import {toast} from "./ui.js";
 import {applyControl} from "./widgets.js";
 import {Workflows} from "./workflows.js";
 
+const FAR_ZOOM = 0.35;
+
 class SumiApp {
   constructor() {
     this.api = new Api();
@@ -31,6 +33,12 @@ class SumiApp {
     this.canvas.show_info = false;
     this.canvas.render_canvas_border = false;
     Object.assign(LGraphCanvas.link_type_colors, SOCKET_COLORS);
+    // Zoomed far out, straight links look the same as curves and cost a fraction to draw (1,000-node graphs).
+    const draw = this.canvas.draw.bind(this.canvas);
+    this.canvas.draw = (...args) => {
+      this.canvas.links_render_mode = this.canvas.ds.scale < FAR_ZOOM ? LiteGraph.LINEAR_LINK : LiteGraph.SPLINE_LINK;
+      return draw(...args);
+    };
     this.resize();
     window.addEventListener("resize", () => this.resize());
     this.runState = new RunState(this);

@@ -26,9 +26,11 @@ export function installCanvasBehaviour(app) {
       const haystack = searchText(info);
       if (!words.every((word) => haystack.includes(word))) continue;
       const title = (info.display_name || name).toLowerCase();
+      // Best first: the exact title or name, the query inside the title, a title starting with its first word,
+      // the whole query anywhere (a description), then every word somewhere.
       const query = words.join(" ");
-      const score = title === query || name.toLowerCase() === query ? -1
-        : (title.includes(query) ? 0 : 2) + (title.startsWith(words[0] || "") ? 0 : 1);
+      const score = title === query || name.toLowerCase() === query ? 0 : title.includes(query) ? 1
+        : title.startsWith(words[0] || "") ? 2 : haystack.includes(query) ? 3 : 4;
       scored.push([score, title, name]);
     }
     scored.sort((a, b) => a[0] - b[0] || a[1].localeCompare(b[1]));

@@ -4,6 +4,7 @@
 import {LiteGraph} from "/lib/litegraph/litegraph.es.js";
 import {toast} from "./ui.js";
 
+const FAR_ZOOM = 0.35;  // below this zoom, text on the canvas is unreadable: outlines only
 const COLORS = {running: "#4caf50", ran: "#64b5f6", cached: "#9e9e9e", error: "#f44336"};
 
 export class RunState {
@@ -194,19 +195,21 @@ export class RunState {
       ctx.beginPath();
       ctx.roundRect(-2, -title - 2, w + 4, h + title + 4, 10);
       ctx.stroke();
-      // The badge under the node: why it ran and how long it took, or "cached".
-      const text = this.describe(entry);
-      ctx.font = "11px sans-serif";
-      const tw = Math.min(ctx.measureText(text).width + 12, Math.max(w, 160));
-      ctx.fillStyle = COLORS[entry.state];
-      ctx.globalAlpha = 0.9;
-      ctx.beginPath();
-      ctx.roundRect(0, h + 4, tw, 18, 4);
-      ctx.fill();
-      ctx.globalAlpha = 1;
-      ctx.fillStyle = "#111";
-      ctx.textAlign = "left";
-      ctx.fillText(fit(ctx, text, tw - 12), 6, h + 17);
+      // The badge under the node: why it ran and how long it took, or "cached" (unreadable when far out).
+      if (this.app.canvas.ds.scale >= FAR_ZOOM) {
+        const text = this.describe(entry);
+        ctx.font = "11px sans-serif";
+        const tw = Math.min(ctx.measureText(text).width + 12, Math.max(w, 160));
+        ctx.fillStyle = COLORS[entry.state];
+        ctx.globalAlpha = 0.9;
+        ctx.beginPath();
+        ctx.roundRect(0, h + 4, tw, 18, 4);
+        ctx.fill();
+        ctx.globalAlpha = 1;
+        ctx.fillStyle = "#111";
+        ctx.textAlign = "left";
+        ctx.fillText(fit(ctx, text, tw - 12), 6, h + 17);
+      }
       if (entry.progress) {
         const [value, max] = entry.progress;
         ctx.fillStyle = "#2e7d32";
