@@ -1,31 +1,119 @@
 """The objects that travel on MODEL, CLIP and VAE sockets, and the checkpoint loading behind them."""
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from executor import hostmem
+import hostmem
 
 from . import devices, paths
 
+if TYPE_CHECKING:
+    from .diffusion.clip_encode import TextEncoders
+
 DEFAULT_CHECKPOINT = "sumi_tiny_sd15.safetensors"
+# the embedded tiny checkpoints, one per family, built on first use (nodes/diffusion/fixtures.py)
+TINY_CHECKPOINTS = {DEFAULT_CHECKPOINT: "sd15", "sumi_tiny_sd2.safetensors": "sd2",
+                    "sumi_tiny_sdxl.safetensors": "sdxl", "sumi_tiny_sdxl_refiner.safetensors": "sdxl_refiner"}
 
 
-@dataclass
+@dataclass(frozen=True)
+class WeightPatch:
+    """One additive patch of a UNet weight: W + strength · delta() while the sampler runs (LoRA and the like)."""
+
+    key: str  # the parameter's name in the UNet's state dict
+    delta: Callable[[], torch.Tensor]
+    strength: float = 1.0
+
+
+@dataclass(frozen=True)
 class DiffusionModel:
-    """MODEL: a UNet with its noise schedule, in the form `diffusion.sample.ksample` expects."""
+    """MODEL: a denoising network (shared weights), its family, noise schedule and patches.
+
+    A view, never edited in place: nodes that change a model (ModelSamplingDiscrete, LoRA) return `clone(...)`,
+    which shares `unet` with the cached original. Weight patches are applied by `patched()` for the length of a
+    sampler run and the original weights restored after, so a cached model is never left patched.
+
+    Per family (`family`), `model_inputs` builds what one conditioning entry feeds the network besides x and t:
+    the cross-attention context, and for SDXL the pooled output and size values (the ADM vector). A DiT family
+    (SD3's MMDiT, Flux) plugs in here as one more family: its own `model_inputs` (context, pooled projection) and
+    its diffusers transformer in `apply_model`.
+    """
 
     unet: torch.nn.Module
     model_sampling: torch.nn.Module
     latent_scale: float
     device: torch.device
     dtype: torch.dtype
+    family: str = "sd15"
+    patches: tuple[WeightPatch, ...] = ()
 
-    def apply_unet(self, x_in: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def clone(self, **changes: Any) -> DiffusionModel:
+        return dataclasses.replace(self, **changes)
+
+    def model_inputs(self, cond: torch.Tensor, extras: Mapping[str, Any], noise_shape: Sequence[int],
+                     prompt_type: str) -> dict[str, torch.Tensor]:
+        inputs = {"context": cond}
+        if self.family in ("sdxl", "sdxl_refiner"):
+            inputs["text_embeds"] = extras["pooled_output"]
+            inputs["time_ids"] = sdxl_time_ids(self.family, extras, noise_shape, prompt_type)
+        return inputs
+
+    def apply_model(self, x_in: torch.Tensor, timestep: torch.Tensor, inputs: Mapping[str, torch.Tensor]) \
+            -> torch.Tensor:
+        kwargs: dict[str, Any] = {}
+        if "text_embeds" in inputs:  # diffusers embeds the time ids (256-wide sinusoids) and adds them as ADM
+            kwargs["added_cond_kwargs"] = {"text_embeds": inputs["text_embeds"], "time_ids": inputs["time_ids"]}
         with torch.inference_mode():
-            return self.unet(x_in, timestep, encoder_hidden_states=context, return_dict=False)[0]
+            return self.unet(x_in, timestep, encoder_hidden_states=inputs["context"], return_dict=False,
+                             **kwargs)[0]
+
+    @contextlib.contextmanager
+    def patched(self) -> Iterator[DiffusionModel]:
+        """The UNet with this view's weight patches applied in place, restored bit-exactly on leaving."""
+        if not self.patches:
+            yield self
+            return
+        params = dict(self.unet.named_parameters())
+        saved: dict[str, torch.Tensor] = {}
+        with _PATCH_LOCK, torch.no_grad():
+            try:
+                for patch in self.patches:
+                    p = params[patch.key]
+                    if patch.key not in saved:
+                        saved[patch.key] = p.detach().clone()
+                    p.add_(patch.delta().to(device=p.device, dtype=p.dtype), alpha=patch.strength)
+                yield self
+            finally:
+                for key, original in saved.items():
+                    params[key].copy_(original)
+
+
+def sdxl_time_ids(family: str, extras: Mapping[str, Any], noise_shape: Sequence[int], prompt_type: str) \
+        -> torch.Tensor:
+    """SDXL's size conditioning [1, 6] (height, width, crop_h, crop_w, target_height, target_width) or the
+    refiner's [1, 5] (height, width, crop_h, crop_w, aesthetic score). Sizes default to the latent's × 8 and the
+    score to 6 (positive) / 2.5 (negative), as in ComfyUI."""
+    width = extras.get("width", noise_shape[3] * 8)
+    height = extras.get("height", noise_shape[2] * 8)
+    crop_w, crop_h = extras.get("crop_w", 0), extras.get("crop_h", 0)
+    if family == "sdxl_refiner":
+        score = extras.get("aesthetic_score", 2.5 if prompt_type == "negative" else 6.0)
+        values = [height, width, crop_h, crop_w, score]
+    else:
+        values = [height, width, crop_h, crop_w, extras.get("target_height", height),
+                  extras.get("target_width", width)]
+    return torch.tensor([[float(v) for v in values]], dtype=torch.float32)
+
+
+_PATCH_LOCK = threading.Lock()  # one patched view at a time per process: they share the weights
 
 
 @dataclass
@@ -38,7 +126,7 @@ class VAEModel:
 
     def __post_init__(self) -> None:
         _lean_activations(self.vae)
-        # Heap reuse (executor/hostmem.py) over a whole decode fragments the heap with its 64-128 MiB buffers of
+        # Heap reuse (hostmem.py) over a whole decode fragments the heap with its 64-128 MiB buffers of
         # different sizes; handing the free heap back after each decoder stage keeps the reuse within a stage,
         # where the sizes repeat (512 px: 14 s instead of 16.5 s, peak +0.35 GiB).
         decoder = self.vae.decoder
@@ -57,37 +145,38 @@ class VAEModel:
             return self.vae.encode(x, return_dict=False)[0].mode().float()
 
 
-def ensure_default_checkpoint() -> Path:
-    """Build the embedded tiny SD1.x checkpoint into models/checkpoints on first use."""
-    from .diffusion.checkpoint import build_tiny_checkpoint
+def ensure_default_checkpoint(name: str = DEFAULT_CHECKPOINT) -> Path:
+    """Build one of the embedded tiny checkpoints (`TINY_CHECKPOINTS`) into models/checkpoints on first use."""
+    from .diffusion.fixtures import build_tiny_checkpoint
 
-    existing = paths.find_model("checkpoints", DEFAULT_CHECKPOINT)
+    existing = paths.find_model("checkpoints", name)
     if existing:
         return existing
-    target = paths.model_dirs("checkpoints")[0] / DEFAULT_CHECKPOINT
+    target = paths.model_dirs("checkpoints")[0] / name
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(f".tmp{id(target)}")
-    build_tiny_checkpoint(tmp)
+    build_tiny_checkpoint(tmp, family=TINY_CHECKPOINTS[name])
     tmp.replace(target)  # atomic: a concurrent reader never sees half a file
     return target
 
 
-def load(path: Path) -> tuple[DiffusionModel, object, VAEModel]:
+def load(path: Path) -> tuple[DiffusionModel, TextEncoders, VAEModel]:
     """Load a checkpoint file into MODEL, CLIP and VAE on the configured device and dtypes."""
     from .diffusion.checkpoint import load_checkpoint
 
     policy = devices.POLICY
     # first: it reads the file on a background thread while diffusers and transformers are imported
     ckpt = load_checkpoint(path, device=policy.device, dtype=policy.unet_dtype())
-    from .diffusion.clip_encode import ClipTextEncoder
+    from .diffusion.clip_encode import RULES, ClipTextEncoder, TextEncoders
     from .diffusion.model_sampling import ModelSamplingDiscrete
     from .diffusion.tokenizer import load_clip_tokenizer
 
-    s = ckpt.schedule
-    sampling = ModelSamplingDiscrete(s["beta_start"], s["beta_end"], s["beta_schedule"],
-                                     s["num_train_timesteps"]).to(policy.device)
-    model = DiffusionModel(ckpt.unet, sampling, ckpt.latent_scale, policy.device, policy.unet_dtype())
-    clip = ClipTextEncoder(_as_dtype(ckpt.text_encoder, policy.text_dtype()), load_clip_tokenizer())
+    sampling = ModelSamplingDiscrete.from_schedule(ckpt.schedule).to(policy.device)
+    model = DiffusionModel(ckpt.unet, sampling, ckpt.latent_scale, policy.device, policy.unet_dtype(), ckpt.family)
+    tokenizer = load_clip_tokenizer()
+    clip = TextEncoders(ckpt.family, {
+        name: ClipTextEncoder(_as_dtype(enc, policy.text_dtype()), tokenizer, rules=RULES[(ckpt.family, name)])
+        for name, enc in ckpt.text_encoders.items()})
     vae = VAEModel(_as_dtype(ckpt.vae, policy.vae_dtype()), policy.device, policy.vae_dtype())
     return model, clip, vae
 

@@ -110,10 +110,11 @@ def _pack_chunks(words: Sequence[TokenWeights], start: int, end: int, pad: int) 
     return [[(start, 1.0), *b, (end, 1.0)] + [(pad, 1.0)] * (room - len(b)) for b in chunks]
 
 
-def tokenize_with_weights(tokenizer: PreTrainedTokenizerBase, text: str) -> list[TokenWeights]:
+def tokenize_with_weights(tokenizer: PreTrainedTokenizerBase, text: str, pad: int | None = None) -> list[TokenWeights]:
     """ComfyUI's chunks for a prompt: a list of 77 (token id, weight) pairs per chunk.
 
     Start, end and padding tokens weigh 1.0. The empty prompt gives one chunk (start, end, padding).
+    `pad` overrides the padding id (SD2's and SDXL's OpenCLIP encoders pad with 0).
     """
     words: list[str] = []
     weights: list[float] = []
@@ -125,5 +126,6 @@ def tokenize_with_weights(tokenizer: PreTrainedTokenizerBase, text: str) -> list
     ids = tokenizer(words, add_special_tokens=False, verbose=False)["input_ids"] if words else []
     tokens = [[(t, w) for t in word_ids] for word_ids, w in zip(ids, weights, strict=True)]
     end = tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end
+    if pad is None:
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end
     return _pack_chunks(tokens, tokenizer.bos_token_id, end, pad)
