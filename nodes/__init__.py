@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from executor.schema import Registry
 
-NODE_MODULES = ("nodes.loaders", "nodes.conditioning", "nodes.sampling", "nodes.latent", "nodes.image")
+NODE_MODULES = ("nodes.loaders", "nodes.conditioning", "nodes.sampling", "nodes.latent", "nodes.image",
+                "nodes.model_patches", "nodes.custom_sampling")
 
 
 def build_registry() -> Registry:

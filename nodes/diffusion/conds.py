@@ -54,7 +54,8 @@ class CondEntry:
     inputs: dict[str, torch.Tensor]
     area: tuple[int, int, int, int] | None = None  # (h, w, y, x), latent units
     strength: float = 1.0
-    mask: torch.Tensor | None = None  # [B', h, w] at latent size (already × mask_strength)
+    mask: torch.Tensor | None = None  # [B', h, w] resized to the latent
+    mask_strength: float = 1.0
     sigma_start: float = math.inf  # active while sigma_end <= sigma <= sigma_start
     sigma_end: float = 0.0
     extras: dict[str, Any] = field(default_factory=dict)
@@ -68,13 +69,24 @@ def _resolve_area(area: Sequence[Any], dims: tuple[int, int]) -> tuple[int, int,
     return (h, w, y, x)
 
 
-def _resolve_mask(mask: torch.Tensor, dims: tuple[int, int], strength: float, device: torch.device) -> torch.Tensor:
+def _resolve_mask(mask: torch.Tensor, dims: tuple[int, int], device: torch.device) -> torch.Tensor:
     mask = mask.to(device=device, dtype=torch.float32)
     if mask.ndim == 2:
         mask = mask.unsqueeze(0)
     if tuple(mask.shape[1:]) != dims:
         mask = F.interpolate(mask.unsqueeze(1), size=dims, mode="bilinear", align_corners=False).squeeze(1)
-    return mask * strength
+    return mask
+
+
+def _mask_bounds(mask: torch.Tensor) -> tuple[int, int, int, int]:
+    """ConditioningSetMask's "mask bounds": the area of the mask's nonzero box, at least 8 × 8 latent pixels
+    (an all-zero mask gives 8 × 8 at the origin, a no-op)."""
+    bounds = mask.abs().max(dim=0).values
+    ys, xs = torch.nonzero(bounds, as_tuple=True)
+    if len(ys) == 0:
+        return (8, 8, 0, 0)
+    y0, y1, x0, x1 = int(ys.min()), int(ys.max()), int(xs.min()), int(xs.max())
+    return (max(8, y1 - y0 + 1), max(8, x1 - x0 + 1), y0, x0)
 
 
 def _inside(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
@@ -115,7 +127,10 @@ def prepare(model: ConditionedModel, positive: Conditioning, negative: Condition
                 e.area = _resolve_area(extras["area"], dims)
             e.strength = float(extras.get("strength", 1.0))
             if extras.get("mask") is not None:
-                e.mask = _resolve_mask(extras["mask"], dims, float(extras.get("mask_strength", 1.0)), model.device)
+                e.mask = _resolve_mask(extras["mask"], dims, model.device)
+                e.mask_strength = float(extras.get("mask_strength", 1.0))
+                if extras.get("set_area_to_bounds"):
+                    e.area = _mask_bounds(e.mask)
             if "start_percent" in extras:
                 e.sigma_start = ms.percent_to_sigma(float(extras["start_percent"]))
             if "end_percent" in extras:
@@ -139,7 +154,7 @@ def _crop(entry: CondEntry, x: torch.Tensor) -> tuple[tuple[int, int, int, int],
     h, w, y, x0 = area
     x_in = x[:, :, y:y + h, x0:x0 + w]
     if entry.mask is not None:
-        mask = entry.mask[: x.shape[0], y:y + h, x0:x0 + w]
+        mask = entry.mask[: x.shape[0], y:y + h, x0:x0 + w] * entry.mask_strength
         mult = mask.unsqueeze(1).repeat(x.shape[0] // mask.shape[0], x.shape[1], 1, 1) * entry.strength
     else:
         mult = torch.ones_like(x_in) * entry.strength
