@@ -27,6 +27,12 @@ SWEEP = ["run", "workflows/txt2img.json", "--set", "KSampler.seed=1,2", "--set",
 NODE_TYPES = {"CheckpointLoaderSimple", "CLIPTextEncode", "CLIPSetLastLayer", "KSampler", "KSamplerAdvanced",
               "EmptyLatentImage", "LatentUpscale", "LatentUpscaleBy", "SaveLatent", "LoadLatent", "VAEDecode",
               "VAEEncode", "LoadImage", "SaveImage", "PreviewImage"}
+# model families, conditioning and custom sampling (issue 9)
+NODE_TYPES |= {"CLIPTextEncodeSDXL", "CLIPTextEncodeSDXLRefiner", "ModelSamplingDiscrete", "ConditioningCombine",
+               "ConditioningAverage", "ConditioningConcat", "ConditioningSetArea", "ConditioningSetAreaPercentage",
+               "ConditioningSetMask", "ConditioningZeroOut", "ConditioningSetTimestepRange", "SamplerCustom",
+               "SamplerCustomAdvanced", "KSamplerSelect", "BasicScheduler", "KarrasScheduler", "ExponentialScheduler",
+               "SDTurboScheduler", "SplitSigmas", "RandomNoise", "DisableNoise", "CFGGuider", "BasicGuider"}
 HEAVY = ("torch", "diffusers", "transformers", "safetensors", "numpy")
 
 
