@@ -86,4 +86,93 @@ class CheckpointLoaderSimple(Node):
         return models.load(path)
 
 
-NODES = (CheckpointLoaderSimple,)
+def lora_names() -> list[str]:
+    return paths.list_models("loras")
+
+
+def _lora_fingerprint(lora_name: str) -> str:
+    path = paths.find_model("loras", lora_name)
+    if path is None:
+        raise FileNotFoundError(lora_name)
+    return model_file_identity(path)
+
+
+def apply_lora(model: Any, clip: Any, lora_name: str, strength_model: float,
+               strength_clip: float) -> tuple[Any, Any]:
+    """(MODEL, CLIP) views with the LoRA's patches; the inputs (cached objects) are never changed. Keys that
+    reach no weight are logged as "lora key not loaded", as ComfyUI does."""
+    from .diffusion import lora
+
+    path = paths.find_model("loras", lora_name)
+    if path is None:
+        raise FileNotFoundError(paths.missing_model_hint("loras")(lora_name))
+    modules, extra = lora.parse(lora.read_lora(path))
+    applied: set[str] = set()
+    if model is not None and strength_model != 0:
+        unet = model.unet
+        key_map = lora.unet_key_map(dict(unet.named_parameters()), unet.config)
+        found, names = lora.patches_for(modules, key_map, dict(unet.named_parameters()), strength_model)
+        model, applied = model.clone(patches=model.patches + found), applied | names
+    if clip is not None and strength_clip != 0:
+        per_encoder = {}
+        for name, enc in clip.encoders.items():
+            params = dict(enc.model.named_parameters())
+            key_map = lora.text_key_map(clip.family, name, params)
+            per_encoder[name], names = lora.patches_for(modules, key_map, params, strength_clip,
+                                                        lora.TEXT_WEIGHT_DTYPE)
+            applied |= names
+        clip = clip.with_patches(per_encoder)
+    lora.warn_unapplied(lora_name, modules, applied, extra)
+    return model, clip
+
+
+class LoraLoader(Node):
+    type = "LoraLoader"
+    display_name = "Load LoRA"
+    category = "loaders"
+    description = ("Applies a LoRA (kohya/A1111, LoCon, diffusers/PEFT names) to the model and the text encoder, "
+                   "as patches over the shared weights: the loaded checkpoint itself never changes.")
+    determinism = Determinism.VOLATILE  # the LoRA file's content
+    inputs = (Input("model", "MODEL", tooltip="The diffusion model the LoRA will be applied to."),
+              Input("clip", "CLIP", tooltip="The CLIP model the LoRA will be applied to."),
+              Input("lora_name", "COMBO", options=lora_names, tooltip="The name of the LoRA.",
+                    missing_hint=paths.missing_model_hint("loras")),
+              Input("strength_model", "FLOAT", default=1.0, min=-100.0, max=100.0, step=0.01,
+                    tooltip="How strongly to modify the diffusion model. This value can be negative."),
+              Input("strength_clip", "FLOAT", default=1.0, min=-100.0, max=100.0, step=0.01,
+                    tooltip="How strongly to modify the CLIP model. This value can be negative."))
+    outputs = (Output("MODEL", tooltip="The modified diffusion model."),
+               Output("CLIP", tooltip="The modified CLIP model."))
+
+    @classmethod
+    def fingerprint(cls, lora_name: str, **_: Any) -> str:
+        return _lora_fingerprint(lora_name)
+
+    def run(self, ctx: Any, model: Any, clip: Any, lora_name: str, strength_model: float,
+            strength_clip: float) -> tuple[Any, ...]:
+        if strength_model == 0 and strength_clip == 0:
+            return (model, clip)
+        return apply_lora(model, clip, lora_name, strength_model, strength_clip)
+
+
+class LoraLoaderModelOnly(Node):
+    type = "LoraLoaderModelOnly"
+    category = "loaders"
+    description = "Applies a LoRA to the diffusion model only."
+    determinism = Determinism.VOLATILE
+    inputs = (Input("model", "MODEL"),
+              Input("lora_name", "COMBO", options=lora_names, missing_hint=paths.missing_model_hint("loras")),
+              Input("strength_model", "FLOAT", default=1.0, min=-100.0, max=100.0, step=0.01))
+    outputs = (Output("MODEL"),)
+
+    @classmethod
+    def fingerprint(cls, lora_name: str, **_: Any) -> str:
+        return _lora_fingerprint(lora_name)
+
+    def run(self, ctx: Any, model: Any, lora_name: str, strength_model: float) -> tuple[Any, ...]:
+        if strength_model == 0:
+            return (model,)
+        return (apply_lora(model, None, lora_name, strength_model, 0.0)[0],)
+
+
+NODES = (CheckpointLoaderSimple, LoraLoader, LoraLoaderModelOnly)

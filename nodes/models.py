@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,6 +13,8 @@ import torch
 import hostmem
 
 from . import devices, paths
+from .diffusion.patches import WeightPatch
+from .diffusion.patches import patched as patch_weights
 
 if TYPE_CHECKING:
     from .diffusion.clip_encode import TextEncoders
@@ -22,15 +23,6 @@ DEFAULT_CHECKPOINT = "sumi_tiny_sd15.safetensors"
 # the embedded tiny checkpoints, one per family, built on first use (nodes/diffusion/fixtures.py)
 TINY_CHECKPOINTS = {DEFAULT_CHECKPOINT: "sd15", "sumi_tiny_sd2.safetensors": "sd2",
                     "sumi_tiny_sdxl.safetensors": "sdxl", "sumi_tiny_sdxl_refiner.safetensors": "sdxl_refiner"}
-
-
-@dataclass(frozen=True)
-class WeightPatch:
-    """One additive patch of a UNet weight: W + strength · delta() while the sampler runs (LoRA and the like)."""
-
-    key: str  # the parameter's name in the UNet's state dict
-    delta: Callable[[], torch.Tensor]
-    strength: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -78,22 +70,8 @@ class DiffusionModel:
     @contextlib.contextmanager
     def patched(self) -> Iterator[DiffusionModel]:
         """The UNet with this view's weight patches applied in place, restored bit-exactly on leaving."""
-        if not self.patches:
+        with patch_weights(self.unet, self.patches):
             yield self
-            return
-        params = dict(self.unet.named_parameters())
-        saved: dict[str, torch.Tensor] = {}
-        with _PATCH_LOCK, torch.no_grad():
-            try:
-                for patch in self.patches:
-                    p = params[patch.key]
-                    if patch.key not in saved:
-                        saved[patch.key] = p.detach().clone()
-                    p.add_(patch.delta().to(device=p.device, dtype=p.dtype), alpha=patch.strength)
-                yield self
-            finally:
-                for key, original in saved.items():
-                    params[key].copy_(original)
 
 
 def sdxl_time_ids(family: str, extras: Mapping[str, Any], noise_shape: Sequence[int], prompt_type: str) \
@@ -111,9 +89,6 @@ def sdxl_time_ids(family: str, extras: Mapping[str, Any], noise_shape: Sequence[
         values = [height, width, crop_h, crop_w, extras.get("target_height", height),
                   extras.get("target_width", width)]
     return torch.tensor([[float(v) for v in values]], dtype=torch.float32)
-
-
-_PATCH_LOCK = threading.Lock()  # one patched view at a time per process: they share the weights
 
 
 @dataclass

@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 import torch
 from transformers import CLIPTextConfig, PreTrainedTokenizerBase
 
+from nodes.diffusion.patches import WeightPatch, patched
 from nodes.diffusion.prompt import TokenWeights, tokenize_with_weights
 
 
@@ -63,17 +64,21 @@ class ClipTextEncoder:
     """One CLIP text model, its tokenizer, its rules and the layer whose output is the conditioning."""
 
     def __init__(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, layer: int | None = None,
-                 rules: EncoderRules = EncoderRules()) -> None:
+                 rules: EncoderRules = EncoderRules(), patches: tuple[WeightPatch, ...] = ()) -> None:
         if layer is not None and layer >= 0:
             raise ValueError(f"layer counts from the end and must be negative (-1 = last), got {layer}")
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.rules = rules
         self.layer = rules.default_layer if layer is None else layer
+        self.patches = patches  # applied to the shared weights only while encoding (LoRA)
 
     def with_layer(self, layer: int) -> ClipTextEncoder:
         """The same weights and tokenizer, stopping at another layer (CLIPSetLastLayer)."""
-        return ClipTextEncoder(self.model, self.tokenizer, layer, self.rules)
+        return ClipTextEncoder(self.model, self.tokenizer, layer, self.rules, self.patches)
+
+    def with_patches(self, patches: tuple[WeightPatch, ...]) -> ClipTextEncoder:
+        return ClipTextEncoder(self.model, self.tokenizer, self.layer, self.rules, self.patches + patches)
 
     @property
     def _tower(self) -> torch.nn.Module:
@@ -114,7 +119,8 @@ class ClipTextEncoder:
         if weighted:
             rows.append(self._empty_row(len(rows[0])))
         device = self.model.device
-        z, pooled = self._forward(torch.tensor(rows, dtype=torch.long, device=device))
+        with patched(self.model, self.patches):
+            z, pooled = self._forward(torch.tensor(rows, dtype=torch.long, device=device))
         cond = z[: len(chunks)]
         if weighted:
             w = torch.tensor(weights, dtype=torch.float32, device=device).unsqueeze(-1)
@@ -142,6 +148,10 @@ class TextEncoders:
 
     def with_layer(self, layer: int) -> TextEncoders:
         return replace(self, encoders={n: e.with_layer(layer) for n, e in self.encoders.items()})
+
+    def with_patches(self, patches: Mapping[str, tuple[WeightPatch, ...]]) -> TextEncoders:
+        """A view whose encoders add `patches` (per encoder name) to the shared weights while encoding."""
+        return replace(self, encoders={n: e.with_patches(tuple(patches.get(n, ()))) for n, e in self.encoders.items()})
 
     def tokenize(self, text: str) -> dict[str, list[TokenWeights]]:
         return {name: enc.tokenize(text) for name, enc in self.encoders.items()}

@@ -212,3 +212,58 @@ def build_tiny_checkpoint(path: str | os.PathLike, seed: int = 0, family: str = 
     info = tiny_info(family)
     write_by_rule(path, family_layout(info), seed, buffers=family in ("sd15", "sd2"))
     return Path(path)
+
+
+def lora_rule_tensor(name: str, shape: list[int], seed: int = 0) -> torch.Tensor:
+    """The reference LoRA rule (shared/reference/parity-next/make_reference_extras.py): alpha 2.0; down / lora_A
+    = x / sqrt(fan_in); up / lora_B = x · 0.1; float16, x seeded from the name as for checkpoints."""
+    if name.endswith(".alpha"):
+        return torch.tensor(2.0, dtype=torch.float16)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(tensor_seed(name, seed)), dtype=torch.float32)
+    x = x / math.sqrt(math.prod(shape[1:])) if name.endswith((".lora_down.weight", ".lora_A.weight")) else x * 0.1
+    return x.to(torch.float16)
+
+
+def write_lora_by_rule(path: str | os.PathLike, layout: Mapping[str, list[int]], seed: int = 0) -> str:
+    """Write a LoRA file ({name: shape}, float16) by `lora_rule_tensor`; returns its content SHA-256."""
+    specs = {n: (list(s), torch.float16) for n, s in layout.items()}
+    return write_safetensors(path, specs, lambda n: lora_rule_tensor(n, specs[n][0], seed))
+
+
+def tiny_lora_layout(family: str = "sd15", fmt: str = "kohya", rank: int = 4) -> dict[str, list[int]]:
+    """A LoRA for a tiny model: kohya names (`lora_unet_…` / `lora_te_…` with alpha) on every attention
+    projection and text-encoder layer, or diffusers/PEFT names (`unet.….lora_A/B`, no alpha) on every attention's
+    proj_in/proj_out and feed-forward and the text encoder's attention."""
+    from .checkpoint import build_modules
+    from .lora import _TEXT_PREFIXES
+
+    info = tiny_info(family)
+    modules = build_modules(info)
+    out: dict[str, list[int]] = {}
+
+    def add(name: str, shape: list[int], up: str, down: str, alpha: bool) -> None:
+        out[name + up] = [shape[0], rank] + [1] * (len(shape) - 2)
+        out[name + down] = [rank, *shape[1:]]
+        if alpha:
+            out[name + ".alpha"] = []
+
+    for key, p in modules["unet"].state_dict().items():
+        path = key.removesuffix(".weight")
+        if fmt == "kohya" and ".attn" in key and key.endswith((".to_q.weight", ".to_k.weight", ".to_v.weight",
+                                                                ".to_out.0.weight")):
+            add("lora_unet_" + path.replace(".", "_"), list(p.shape), ".lora_up.weight", ".lora_down.weight", True)
+        elif fmt == "peft" and key.endswith((".proj_in.weight", ".proj_out.weight", ".ff.net.0.proj.weight",
+                                             ".ff.net.2.weight")):
+            add("unet." + path, list(p.shape), ".lora_B.weight", ".lora_A.weight", False)
+    for name in info.text:
+        kohya, diffusers = _TEXT_PREFIXES[(family, name)]
+        for key, p in modules[name].state_dict().items():
+            key = key.removeprefix("text_model.")
+            if not key.startswith("encoder.layers.") or not key.endswith("_proj.weight") or "self_attn" not in key:
+                continue
+            path = "text_model." + key.removesuffix(".weight")
+            if fmt == "kohya":
+                add(kohya + path.replace(".", "_"), list(p.shape), ".lora_up.weight", ".lora_down.weight", True)
+            else:
+                add(diffusers + path, list(p.shape), ".lora_B.weight", ".lora_A.weight", False)
+    return out
