@@ -87,12 +87,21 @@ class CheckpointLoaderSimple(Node):
 
 
 def lora_names() -> list[str]:
-    return paths.list_models("loras")
+    return sorted({*paths.list_models("loras"), *models.TINY_LORAS})
+
+
+def _lora_path(lora_name: str) -> Path | None:
+    path = paths.find_model("loras", lora_name)
+    if path is None and lora_name in models.TINY_LORAS:
+        path = models.ensure_tiny_lora(lora_name)
+    return path
 
 
 def _lora_fingerprint(lora_name: str) -> str:
     path = paths.find_model("loras", lora_name)
     if path is None:
+        if lora_name in models.TINY_LORAS:
+            return f"tiny:{lora_name}"
         raise FileNotFoundError(lora_name)
     return model_file_identity(path)
 
@@ -103,7 +112,7 @@ def apply_lora(model: Any, clip: Any, lora_name: str, strength_model: float,
     reach no weight are logged as "lora key not loaded", as ComfyUI does."""
     from .diffusion import lora
 
-    path = paths.find_model("loras", lora_name)
+    path = _lora_path(lora_name)
     if path is None:
         raise FileNotFoundError(paths.missing_model_hint("loras")(lora_name))
     modules, extra = lora.parse(lora.read_lora(path))

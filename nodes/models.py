@@ -135,6 +135,26 @@ def ensure_default_checkpoint(name: str = DEFAULT_CHECKPOINT) -> Path:
     return target
 
 
+# the embedded tiny LoRAs for the tiny SD1.x model, one per file format, built on first use
+TINY_LORAS = {"sumi_tiny_sd15_lora_kohya.safetensors": ("sd15", "kohya"),
+              "sumi_tiny_sd15_lora_peft.safetensors": ("sd15", "peft")}
+
+
+def ensure_tiny_lora(name: str) -> Path:
+    """Build one of `TINY_LORAS` into models/loras on first use (the reference rule, seeded from the names)."""
+    from .diffusion.fixtures import tiny_lora_layout, write_lora_by_rule
+
+    existing = paths.find_model("loras", name)
+    if existing:
+        return existing
+    target = paths.model_dirs("loras")[0] / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(f".tmp{id(target)}")
+    write_lora_by_rule(tmp, tiny_lora_layout(*TINY_LORAS[name]))
+    tmp.replace(target)
+    return target
+
+
 def load(path: Path) -> tuple[DiffusionModel, TextEncoders, VAEModel]:
     """Load a checkpoint file into MODEL, CLIP and VAE on the configured device and dtypes."""
     from .diffusion.checkpoint import load_checkpoint

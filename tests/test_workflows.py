@@ -1,7 +1,7 @@
 """Every example workflow in workflows/ for the model families and samplers beyond SD1.x txt2img runs on Sumi's
 tiny models (built on first use, like the default one) and saves a real image: SD2 with forced v-prediction,
 SDXL base → refiner (CLIPTextEncodeSDXL / ...Refiner, KSamplerAdvanced hand-over), SDXL-Turbo style custom
-sampling, area composition."""
+sampling, area composition, a kohya LoRA."""
 from __future__ import annotations
 
 import json
@@ -31,6 +31,7 @@ def ex(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Executor]:
     ("sdxl_base_refiner", (256, 256), {"4": "sdxl", "12": "sdxl_refiner"}),
     ("sdxl_turbo", (256, 256), {"4": "sdxl"}),
     ("area_composition", (256, 384), {"4": "sd15"}),
+    ("lora", (256, 256), {"4": "sd15", "10": "sd15"}),
 ])
 def test_example_workflow_runs_on_the_tiny_models(ex: Executor, workflow: str, size: tuple[int, int],
                                                    families: dict[str, str]) -> None:
@@ -43,7 +44,8 @@ def test_example_workflow_runs_on_the_tiny_models(ex: Executor, workflow: str, s
     image = np.asarray(Image.open(paths.FOLDERS.output / saved["subfolder"] / saved["filename"]))
     assert image.shape == (*size, 3) and image.std() > 1.0  # a real picture, not a constant
     built = {p.name for p in (paths.FOLDERS.base / "models" / "checkpoints").iterdir()}
-    assert {prompt[n]["inputs"]["ckpt_name"] for n in families} <= built <= set(models.TINY_CHECKPOINTS)
+    loaders = [n for n in families if "ckpt_name" in prompt[n]["inputs"]]
+    assert {prompt[n]["inputs"]["ckpt_name"] for n in loaders} <= built <= set(models.TINY_CHECKPOINTS)
 
 
 def test_refiner_hand_over_is_deterministic_and_cached(ex: Executor) -> None:
