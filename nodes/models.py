@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -170,10 +170,34 @@ def load(path: Path) -> tuple[DiffusionModel, TextEncoders, VAEModel]:
     model = DiffusionModel(ckpt.unet, sampling, ckpt.latent_scale, policy.device, policy.unet_dtype(), ckpt.family)
     tokenizer = load_clip_tokenizer()
     clip = TextEncoders(ckpt.family, {
-        name: ClipTextEncoder(_as_dtype(enc, policy.text_dtype()), tokenizer, rules=RULES[(ckpt.family, name)])
+        name: ClipTextEncoder(_as_dtype(enc, policy.text_dtype()), tokenizer, rules=RULES[(ckpt.family, name)],
+                              embeddings=embedding_lookup(name, enc.config.hidden_size))
         for name, enc in ckpt.text_encoders.items()})
     vae = VAEModel(_as_dtype(ckpt.vae, policy.vae_dtype()), policy.device, policy.vae_dtype())
     return model, clip, vae
+
+
+def find_embedding(name: str) -> Path | None:
+    """An `embedding:name` file in the embeddings folders: the name as given, or with .safetensors/.pt/.bin
+    (subfolders allowed; nothing outside the folders)."""
+    from .diffusion.embeddings import SUFFIXES
+
+    for candidate in (name, *(name + s for s in SUFFIXES)):
+        path = paths.find_model("embeddings", candidate)
+        if path is not None:
+            return path
+    return None
+
+
+def embedding_lookup(encoder: str, width: int) -> Callable[[str], torch.Tensor | None]:
+    """name -> the vectors encoder `encoder` (clip_l, clip_g, clip_h) of width `width` takes, or None."""
+    from .diffusion.embeddings import pick, read_embedding
+
+    def lookup(name: str) -> torch.Tensor | None:
+        path = find_embedding(name)
+        return None if path is None else pick(read_embedding(path), encoder, width)
+
+    return lookup
 
 
 def _settle_heap(*_: object) -> None:  # a forward hook: returning None keeps the stage's output

@@ -21,7 +21,7 @@ import torch
 from transformers import CLIPTextConfig, PreTrainedTokenizerBase
 
 from nodes.diffusion.patches import WeightPatch, patched
-from nodes.diffusion.prompt import TokenWeights, tokenize_with_weights
+from nodes.diffusion.prompt import EmbeddingLookup, TokenWeights, tokenize_with_weights
 
 
 def clip_l_config() -> CLIPTextConfig:
@@ -64,7 +64,8 @@ class ClipTextEncoder:
     """One CLIP text model, its tokenizer, its rules and the layer whose output is the conditioning."""
 
     def __init__(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, layer: int | None = None,
-                 rules: EncoderRules = EncoderRules(), patches: tuple[WeightPatch, ...] = ()) -> None:
+                 rules: EncoderRules = EncoderRules(), patches: tuple[WeightPatch, ...] = (),
+                 embeddings: EmbeddingLookup | None = None) -> None:
         if layer is not None and layer >= 0:
             raise ValueError(f"layer counts from the end and must be negative (-1 = last), got {layer}")
         self.model = model.eval()
@@ -72,13 +73,15 @@ class ClipTextEncoder:
         self.rules = rules
         self.layer = rules.default_layer if layer is None else layer
         self.patches = patches  # applied to the shared weights only while encoding (LoRA)
+        self.embeddings = embeddings  # textual inversion: name -> vectors [n, D] for this encoder, or None
 
     def with_layer(self, layer: int) -> ClipTextEncoder:
         """The same weights and tokenizer, stopping at another layer (CLIPSetLastLayer)."""
-        return ClipTextEncoder(self.model, self.tokenizer, layer, self.rules, self.patches)
+        return ClipTextEncoder(self.model, self.tokenizer, layer, self.rules, self.patches, self.embeddings)
 
     def with_patches(self, patches: tuple[WeightPatch, ...]) -> ClipTextEncoder:
-        return ClipTextEncoder(self.model, self.tokenizer, self.layer, self.rules, self.patches + patches)
+        return ClipTextEncoder(self.model, self.tokenizer, self.layer, self.rules, self.patches + patches,
+                               self.embeddings)
 
     @property
     def _tower(self) -> torch.nn.Module:
@@ -89,9 +92,23 @@ class ClipTextEncoder:
         # ComfyUI falls back to the last layer when the index reaches past the first layer.
         return (self.layer == -1 and self.rules.layer_norm_hidden) or -self.layer > self.model.config.num_hidden_layers
 
-    def _forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward(self, ids: torch.Tensor, vectors: dict[tuple[int, int], torch.Tensor] | None = None) \
+            -> tuple[torch.Tensor, torch.Tensor]:
         tower = self._tower
-        out = tower(input_ids=ids, output_hidden_states=not self._uses_last_layer)
+        hook = None
+        if vectors:  # embedding vectors replace the token embeddings of their slots (positions are added after)
+            def put(module: torch.nn.Module, args: object, out: torch.Tensor) -> torch.Tensor:
+                out = out.clone()
+                for (row, col), v in vectors.items():
+                    out[row, col] = v.to(device=out.device, dtype=out.dtype)
+                return out
+
+            hook = tower.embeddings.token_embedding.register_forward_hook(put)
+        try:
+            out = tower(input_ids=ids, output_hidden_states=not self._uses_last_layer)
+        finally:
+            if hook is not None:
+                hook.remove()
         last = out.last_hidden_state
         if self._uses_last_layer:
             z = last
@@ -108,19 +125,22 @@ class ClipTextEncoder:
         return z.float(), pooled.float()
 
     def tokenize(self, text: str) -> list[TokenWeights]:
-        return tokenize_with_weights(self.tokenizer, text, pad=self.rules.pad_id)
+        return tokenize_with_weights(self.tokenizer, text, pad=self.rules.pad_id, embeddings=self.embeddings)
 
     @torch.no_grad()
     def encode_token_weights(self, chunks: list[TokenWeights]) -> tuple[torch.Tensor, torch.Tensor]:
         """(cond [1, 77·k, D], pooled [1, P]) float32 for k chunks of (token id, weight) pairs."""
-        rows = [[t for t, _ in chunk] for chunk in chunks]
+        # embedding vectors sit in their slots as tensors: id 0 there, the vector put in by `_forward`
+        vectors = {(r, c): t for r, chunk in enumerate(chunks) for c, (t, _) in enumerate(chunk)
+                   if isinstance(t, torch.Tensor)}
+        rows = [[0 if isinstance(t, torch.Tensor) else t for t, _ in chunk] for chunk in chunks]
         weights = [[w for _, w in chunk] for chunk in chunks]
         weighted = any(w != 1.0 for row in weights for w in row)
         if weighted:
             rows.append(self._empty_row(len(rows[0])))
         device = self.model.device
         with patched(self.model, self.patches):
-            z, pooled = self._forward(torch.tensor(rows, dtype=torch.long, device=device))
+            z, pooled = self._forward(torch.tensor(rows, dtype=torch.long, device=device), vectors)
         cond = z[: len(chunks)]
         if weighted:
             w = torch.tensor(weights, dtype=torch.float32, device=device).unsqueeze(-1)

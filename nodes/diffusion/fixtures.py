@@ -267,3 +267,23 @@ def tiny_lora_layout(family: str = "sd15", fmt: str = "kohya", rank: int = 4) ->
             else:
                 add(diffusers + path, list(p.shape), ".lora_B.weight", ".lora_A.weight", False)
     return out
+
+
+def write_reference_embedding(path: str | os.PathLike, classic: bool = False) -> str:
+    """The parity-next textual-inversion files (shared/reference/parity-next/make_reference_extras.py's rule):
+    `{"emb_params": [4, D]}` as safetensors, or (`classic`) A1111's `.pt` dict with `string_to_param["*"]` [2, D];
+    values x(name) / sqrt(3·768), float32. Returns the content SHA-256 over the tensor (as `string_to_param.*` for
+    the classic file)."""
+    path = Path(path)
+    stem = path.name.split(".")[0]
+    key, rows = ("string_to_param.*", 2) if classic else ("emb_params", 4)
+    g = torch.Generator().manual_seed(tensor_seed(f"{stem}.{key}"))
+    vectors = torch.randn([rows, 768], generator=g, dtype=torch.float32) / math.sqrt(3 * 768)
+    if classic:
+        torch.save({"string_to_token": {"*": 265}, "string_to_param": {"*": vectors}, "name": stem, "step": 0,
+                    "sd_checkpoint": None, "sd_checkpoint_name": None}, path)
+    else:
+        from safetensors.torch import save_file
+
+        save_file({key: vectors}, str(path))
+    return content_sha256({key: vectors})

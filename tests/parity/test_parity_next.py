@@ -9,9 +9,11 @@ the SDXL cases (6.9 GB on disk, about 8 GB of memory) also skip unless SUMI_PARI
 """
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -49,13 +51,16 @@ def _layout(name: str) -> Path:
 
 def reference_checkpoint(name: str) -> Path:
     """The cached reference file, built by Sumi's generator on first use; its content hash is the recipe's."""
-    from nodes.diffusion.fixtures import write_lora_by_rule, write_reference_checkpoint
+    from nodes.diffusion.fixtures import write_lora_by_rule, write_reference_checkpoint, write_reference_embedding
 
     path = cache_dir() / name
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".partial")
-        if name.startswith("reference_lora"):
+        if name.startswith("reference_embedding"):
+            tmp = path.with_name(path.stem + ".partial" + path.suffix)
+            digest = write_reference_embedding(tmp, classic=name.endswith(".pt"))
+        elif name.startswith("reference_lora"):
             layout = json.loads(_layout(name).read_text())["tensors"]
             digest = write_lora_by_rule(tmp, {n: shape for n, shape, _ in layout})
         else:
@@ -73,6 +78,7 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Any:
     root = tmp_path_factory.mktemp("parity_next")
     (root / "models" / "checkpoints").mkdir(parents=True)
     (root / "models" / "loras").mkdir(parents=True)
+    (root / "models" / "embeddings").mkdir(parents=True)
     (root / "input").mkdir()
     for f in (NEXT / "inputs").iterdir():
         shutil.copy(f, root / "input" / f.name)
@@ -99,14 +105,13 @@ def test_case_matches_comfyui(base: Path, name: str) -> None:
     from executor.runner import Executor
     from nodes import build_registry, paths
 
+    gc.collect()  # the previous case's models (an SDXL one is 14 GB in fp32) must be gone before the next loads
     case = CASES[name]
     prompt = json.loads((NEXT / "cases" / f"{name}.json").read_text())
     registry = build_registry()
     missing = sorted({n["class_type"] for n in prompt.values()} - set(registry.nodes))
     if missing:
         pytest.skip(f"needs nodes Sumi does not have yet: {', '.join(missing)}")
-    if any("embedding:" in str(n["inputs"].get("text", "")) for n in prompt.values()):
-        pytest.skip("textual inversion (embedding:name in prompts) is not implemented yet")
     ckpt = case["checkpoint"]
     if ckpt and ckpt.startswith("reference_sdxl") and os.environ.get("SUMI_PARITY_SDXL") != "1" \
             and not (cache_dir() / ckpt).exists():
@@ -119,6 +124,12 @@ def test_case_matches_comfyui(base: Path, name: str) -> None:
         link = base / "models" / "loras" / lora
         if not link.exists():
             link.symlink_to(reference_checkpoint(lora))
+    texts = " ".join(str(n["inputs"].get("text", "")) for n in prompt.values())
+    for word in re.findall(r"embedding:([\w.-]+)", texts):
+        file = next(n for n in CHECKPOINTS if n.startswith("reference_embedding") and n.split(".")[0] == word)
+        link = base / "models" / "embeddings" / file
+        if not link.exists():
+            link.symlink_to(reference_checkpoint(file))
     result = Executor(registry).run(prompt)
     assert result.status == "success", (result.error or {}).get("traceback")
 
