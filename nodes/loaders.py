@@ -184,4 +184,148 @@ class LoraLoaderModelOnly(Node):
         return (apply_lora(model, None, lora_name, strength_model, 0.0)[0],)
 
 
-NODES = (CheckpointLoaderSimple, LoraLoader, LoraLoaderModelOnly)
+def _check_file(field: str, kind: str, name: str, detect_name: str) -> dict[str, str]:
+    """Validation of a split file: a .safetensors file is detected from its header; a problem names the input."""
+    path = paths.find_model(kind, name)
+    if path is None or path.suffix.lower() != ".safetensors" or not os.access(path, os.R_OK):
+        return {}
+    from .diffusion import detect as detection
+    from .diffusion.reading import CheckpointError, open_checkpoint
+
+    try:
+        with open_checkpoint(path) as opened:
+            getattr(detection, detect_name)(opened.meta)
+    except CheckpointError as e:
+        e.path = name
+        return {field: str(e)}
+    return {}
+
+
+def _found(kind: str, name: str) -> Path:
+    path = paths.find_model(kind, name)
+    if path is None:
+        raise FileNotFoundError(paths.missing_model_hint(kind)(name))
+    return path
+
+
+def _fingerprint(kind: str, *names: str) -> str:
+    return "|".join([*(model_file_identity(_found(kind, n)) for n in names), devices.POLICY.describe()])
+
+
+WEIGHT_DTYPES = ["default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"]
+CLIP_LOADER_TYPES = ["stable_diffusion", "stable_cascade", "sd3", "stable_audio", "mochi", "ltxv", "pixart", "cosmos",
+                     "lumina2", "wan", "hidream", "chroma", "ace", "omnigen2", "qwen_image", "hunyuan_image"]
+DUAL_CLIP_TYPES = ["sdxl", "sd3", "flux", "hunyuan_video", "hidream", "hunyuan_image"]
+CLIP_DEVICES = ["default", "cpu"]
+
+
+class UNETLoader(Node):
+    type = "UNETLoader"
+    display_name = "Load Diffusion Model"
+    category = "advanced/loaders"
+    description = "Loads a diffusion model (UNet) file of SD1.x, SD2.x, SDXL or the SDXL refiner on its own."
+    cache_pool = "models"
+    determinism = Determinism.VOLATILE
+    inputs = (Input("unet_name", "COMBO", options=lambda: paths.list_models("diffusion_models"),
+                    missing_hint=paths.missing_model_hint("diffusion_models")),
+              Input("weight_dtype", "COMBO", options=WEIGHT_DTYPES))
+    outputs = (Output("MODEL"),)
+
+    @classmethod
+    def fingerprint(cls, unet_name: str, weight_dtype: str) -> str:
+        return _fingerprint("diffusion_models", unet_name)
+
+    @classmethod
+    def check(cls, unet_name: str, weight_dtype: str) -> dict[str, str]:
+        if weight_dtype != "default":
+            return {"weight_dtype": f"{weight_dtype} weights are not supported; use default "
+                                    "(the device policy's dtype, --precision)"}
+        return _check_file("unet_name", "diffusion_models", unet_name, "detect_diffusion_model")
+
+    def run(self, ctx: Any, unet_name: str, weight_dtype: str) -> tuple[Any, ...]:
+        return (models.load_diffusion_model(_found("diffusion_models", unet_name)),)
+
+
+class CLIPLoader(Node):
+    type = "CLIPLoader"
+    display_name = "Load CLIP"
+    category = "advanced/loaders"
+    description = "Loads a text encoder file: type stable_diffusion takes CLIP-L (SD1.x) or OpenCLIP-H (SD2.x)."
+    cache_pool = "models"
+    determinism = Determinism.VOLATILE
+    inputs = (Input("clip_name", "COMBO", options=lambda: paths.list_models("text_encoders"),
+                    missing_hint=paths.missing_model_hint("text_encoders")),
+              Input("type", "COMBO", options=CLIP_LOADER_TYPES),
+              Input("device", "COMBO", options=CLIP_DEVICES, optional=True))
+    outputs = (Output("CLIP"),)
+
+    @classmethod
+    def fingerprint(cls, clip_name: str, **_: Any) -> str:
+        return _fingerprint("text_encoders", clip_name)
+
+    @classmethod
+    def check(cls, clip_name: str, type: str, device: str = "default") -> dict[str, str]:
+        if type not in models.CLIP_TYPES:
+            return {"type": f"CLIP type {type!r} is not supported (Sumi loads: stable_diffusion)"}
+        return _check_file("clip_name", "text_encoders", clip_name, "detect_text_encoder")
+
+    def run(self, ctx: Any, clip_name: str, type: str, device: str = "default") -> tuple[Any, ...]:
+        return (models.load_text_encoders([_found("text_encoders", clip_name)], type),)
+
+
+class DualCLIPLoader(Node):
+    type = "DualCLIPLoader"
+    category = "advanced/loaders"
+    description = "Loads two text encoder files: type sdxl takes CLIP-L and OpenCLIP-bigG."
+    cache_pool = "models"
+    determinism = Determinism.VOLATILE
+    inputs = (Input("clip_name1", "COMBO", options=lambda: paths.list_models("text_encoders"),
+                    missing_hint=paths.missing_model_hint("text_encoders")),
+              Input("clip_name2", "COMBO", options=lambda: paths.list_models("text_encoders"),
+                    missing_hint=paths.missing_model_hint("text_encoders")),
+              Input("type", "COMBO", options=DUAL_CLIP_TYPES),
+              Input("device", "COMBO", options=CLIP_DEVICES, optional=True))
+    outputs = (Output("CLIP"),)
+
+    @classmethod
+    def fingerprint(cls, clip_name1: str, clip_name2: str, **_: Any) -> str:
+        return _fingerprint("text_encoders", clip_name1, clip_name2)
+
+    @classmethod
+    def check(cls, clip_name1: str, clip_name2: str, type: str, device: str = "default") -> dict[str, str]:
+        if type not in models.CLIP_TYPES:
+            return {"type": f"CLIP type {type!r} is not supported (Sumi loads: sdxl)"}
+        out = {}
+        for field, name in (("clip_name1", clip_name1), ("clip_name2", clip_name2)):
+            out |= _check_file(field, "text_encoders", name, "detect_text_encoder")
+        return out
+
+    def run(self, ctx: Any, clip_name1: str, clip_name2: str, type: str,
+            device: str = "default") -> tuple[Any, ...]:
+        files = [_found("text_encoders", clip_name1), _found("text_encoders", clip_name2)]
+        return (models.load_text_encoders(files, type),)
+
+
+class VAELoader(Node):
+    type = "VAELoader"
+    display_name = "Load VAE"
+    category = "loaders"
+    cache_pool = "models"
+    determinism = Determinism.VOLATILE
+    inputs = (Input("vae_name", "COMBO", options=lambda: paths.list_models("vae"),
+                    missing_hint=paths.missing_model_hint("vae")),)
+    outputs = (Output("VAE"),)
+
+    @classmethod
+    def fingerprint(cls, vae_name: str) -> str:
+        return _fingerprint("vae", vae_name)
+
+    @classmethod
+    def check(cls, vae_name: str) -> dict[str, str]:
+        return _check_file("vae_name", "vae", vae_name, "detect_vae")
+
+    def run(self, ctx: Any, vae_name: str) -> tuple[Any, ...]:
+        return (models.load_vae(_found("vae", vae_name)),)
+
+
+NODES = (CheckpointLoaderSimple, LoraLoader, LoraLoaderModelOnly, UNETLoader, CLIPLoader, DualCLIPLoader, VAELoader)

@@ -52,9 +52,19 @@ class DiffusionModel:
 
     def model_inputs(self, cond: torch.Tensor, extras: Mapping[str, Any], noise_shape: Sequence[int],
                      prompt_type: str) -> dict[str, torch.Tensor]:
+        width = getattr(getattr(self.unet, "config", None), "cross_attention_dim", None)
+        if width is not None and cond.shape[-1] != width:
+            raise ValueError(f"conditioning {cond.shape[-1]} wide does not fit this {self.family} model (its context "
+                             f"is {width} wide): were the prompts encoded with another model's text encoder?")
         inputs = {"context": cond}
         if self.family in ("sdxl", "sdxl_refiner"):
-            inputs["text_embeds"] = extras["pooled_output"]
+            pooled = extras.get("pooled_output")
+            want = self.unet.config.projection_class_embeddings_input_dim - self.unet.config.addition_time_embed_dim \
+                * (5 if self.family == "sdxl_refiner" else 6)
+            if pooled is None or pooled.shape[-1] != want:
+                raise ValueError(f"this {self.family} model needs a pooled text output {want} wide; the conditioning "
+                                 f"has {'none' if pooled is None else pooled.shape[-1]}")
+            inputs["text_embeds"] = pooled
             inputs["time_ids"] = sdxl_time_ids(self.family, extras, noise_shape, prompt_type)
         return inputs
 
@@ -175,6 +185,55 @@ def load(path: Path) -> tuple[DiffusionModel, TextEncoders, VAEModel]:
         for name, enc in ckpt.text_encoders.items()})
     vae = VAEModel(_as_dtype(ckpt.vae, policy.vae_dtype()), policy.device, policy.vae_dtype())
     return model, clip, vae
+
+
+def load_diffusion_model(path: Path) -> DiffusionModel:
+    """UNETLoader: a diffusion-model-only file as MODEL (family from the UNet's shapes)."""
+    from .diffusion.checkpoint import load_diffusion_model as load_unet
+    from .diffusion.model_sampling import ModelSamplingDiscrete
+
+    policy = devices.POLICY
+    info, unet = load_unet(path, device=policy.device, dtype=policy.unet_dtype())
+    sampling = ModelSamplingDiscrete.from_schedule(info.schedule).to(policy.device)
+    return DiffusionModel(unet, sampling, info.latent_scale, policy.device, policy.unet_dtype(), info.family)
+
+
+# CLIPLoader / DualCLIPLoader types Sumi loads: type -> {encoder set: family}
+CLIP_TYPES = {"stable_diffusion": {("clip_l",): "sd15", ("clip_h",): "sd2"},
+              "sdxl": {("clip_l", "clip_g"): "sdxl"}}
+
+
+def load_text_encoders(files: Sequence[Path], clip_type: str) -> TextEncoders:
+    """CLIPLoader / DualCLIPLoader: text-encoder files as CLIP, for a `clip_type` of `CLIP_TYPES`."""
+    from .diffusion.checkpoint import load_text_encoder
+    from .diffusion.clip_encode import RULES, ClipTextEncoder, TextEncoders
+    from .diffusion.reading import CheckpointError
+    from .diffusion.tokenizer import load_clip_tokenizer
+
+    policy = devices.POLICY
+    loaded = dict(load_text_encoder(f, device=policy.device, dtype=policy.text_dtype()) for f in files)
+    if "openclip" in loaded:  # an OpenCLIP tower of no standard width: H for SD2, bigG for SDXL
+        loaded["clip_h" if clip_type == "stable_diffusion" else "clip_g"] = loaded.pop("openclip")
+    order = tuple(n for n in ("clip_l", "clip_h", "clip_g") if n in loaded)
+    family = CLIP_TYPES.get(clip_type, {}).get(order)
+    if family is None or len(loaded) != len(files):
+        raise CheckpointError(f"text encoders {', '.join(order)} do not make a {clip_type!r} CLIP",
+                              detected=", ".join(f"{f.name}: {n}" for f, n in zip(files, loaded, strict=False)),
+                              hint="stable_diffusion takes one CLIP-L (SD1.x) or OpenCLIP-H (SD2.x) file; "
+                                   "sdxl takes CLIP-L and OpenCLIP-bigG")
+    tokenizer = load_clip_tokenizer()
+    return TextEncoders(family, {
+        n: ClipTextEncoder(loaded[n], tokenizer, rules=RULES[(family, n)],
+                           embeddings=embedding_lookup(n, loaded[n].config.hidden_size)) for n in order})
+
+
+def load_vae(path: Path) -> VAEModel:
+    """VAELoader: a VAE file as VAE."""
+    from .diffusion.checkpoint import load_vae as load_vae_module
+
+    policy = devices.POLICY
+    return VAEModel(load_vae_module(path, device=policy.device, dtype=policy.vae_dtype()), policy.device,
+                    policy.vae_dtype())
 
 
 def find_embedding(name: str) -> Path | None:

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from . import ldm_layout as L
-from .detect import FamilyInfo, describe, detect
+from .detect import FamilyInfo, describe, detect, detect_diffusion_model, detect_text_encoder, detect_vae
 from .prefetch import Prefetch
-from .reading import CheckpointError, open_checkpoint
+from .reading import CheckpointError, Lazy, open_checkpoint
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -116,3 +116,94 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
         module.eval().requires_grad_(False)
     texts = {name: modules[name] for name in info.text}
     return Checkpoint(info, modules["unet"], modules["vae"], texts, path)
+
+
+# ---------------------------------------------------------------- split files (UNETLoader, CLIPLoader, VAELoader)
+
+
+def _renamed(source: Mapping[str, torch.Tensor], have: str, want: str) -> Mapping[str, torch.Tensor]:
+    """`source` with the key prefix `have` read as `want` (bare component files read through the LDM names)."""
+    if have == want:
+        return source
+    names = {want + k[len(have):]: k for k in source if k.startswith(have)}
+    meta = getattr(source, "meta", source)
+    return Lazy({n: meta[k] for n, k in names.items()}, lambda n: source[names[n]])
+
+
+def load_diffusion_model(path: str | os.PathLike, device: str | torch.device = "cpu",
+                         dtype: torch.dtype = torch.float32) -> tuple[FamilyInfo, torch.nn.Module]:
+    """A diffusion-model-only file (UNETLoader): (family info, the UNet)."""
+    from diffusers import UNet2DConditionModel
+
+    path = Path(path)
+    with open_checkpoint(path) as opened:
+        try:
+            info, prefix = detect_diffusion_model(opened.meta, opened.read)
+        except CheckpointError as e:
+            e.path = str(path)
+            raise
+        prefetch = Prefetch(opened, opened.order(), device, dtype)
+        try:
+            with torch.device("meta"):
+                unet = UNet2DConditionModel.from_config(dict(info.unet_config))
+            source = _renamed(prefetch, prefix, L.UNET_PREFIX)
+            sds = L.from_ldm(source, {"unet": unet.state_dict()}, {"unet": ("unet", info.unet_config)})
+        except (KeyError, ValueError) as e:
+            raise CheckpointError(f"layout detected as an {info.label} UNet but the tensors do not fit: {e}",
+                                  reason="mismatch", path=path, detected=describe(info.facts["unet"])) from e
+        finally:
+            prefetch.close()
+    unet.load_state_dict(sds["unet"], strict=True, assign=True)
+    return info, unet.eval().requires_grad_(False)
+
+
+def load_text_encoder(path: str | os.PathLike, device: str | torch.device = "cpu",
+                      dtype: torch.dtype = torch.float32) -> tuple[str, torch.nn.Module]:
+    """A text-encoder file (CLIPLoader, DualCLIPLoader): (clip_l / clip_h / clip_g, the module)."""
+    path = Path(path)
+    with open_checkpoint(path) as opened:
+        try:
+            name, spec = detect_text_encoder(opened.meta)
+        except CheckpointError as e:
+            e.path = str(path)
+            raise
+        prefetch = Prefetch(opened, opened.order(), device, dtype)
+        try:
+            with torch.device("meta"):
+                module = build_text_encoder("openclip" if spec.kind == "hf" else spec.kind, spec.config)
+            sds = L.from_ldm(prefetch, {name: module.state_dict()}, {name: (spec.kind, spec.prefix)})
+        except (KeyError, ValueError) as e:
+            raise CheckpointError(f"layout detected as a {name} text encoder but the tensors do not fit: {e}",
+                                  reason="mismatch", path=path) from e
+        finally:
+            prefetch.close()
+    module.load_state_dict(sds[name], strict=True, assign=True)
+    _materialize_buffers(module, device)
+    return name, module.eval().requires_grad_(False)
+
+
+def load_vae(path: str | os.PathLike, device: str | torch.device = "cpu",
+             dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """A VAE file (VAELoader) in the original layout, bare or under `first_stage_model.`."""
+    from diffusers import AutoencoderKL
+
+    path = Path(path)
+    with open_checkpoint(path) as opened:
+        try:
+            config, prefix = detect_vae(opened.meta)
+        except CheckpointError as e:
+            e.path = str(path)
+            raise
+        prefetch = Prefetch(opened, opened.order(), device, dtype)
+        try:
+            with torch.device("meta"):
+                vae = AutoencoderKL.from_config(config)
+            source = _renamed(prefetch, prefix, L.VAE_PREFIX)
+            sds = L.from_ldm(source, {"vae": vae.state_dict()}, {"vae": ("vae", config)})
+        except (KeyError, ValueError) as e:
+            raise CheckpointError(f"layout detected as a VAE but the tensors do not fit: {e}", reason="mismatch",
+                                  path=path) from e
+        finally:
+            prefetch.close()
+    vae.load_state_dict(sds["vae"], strict=True, assign=True)
+    return vae.eval().requires_grad_(False)

@@ -330,3 +330,102 @@ def detect(state_dict: Mapping[str, torch.Tensor],
             schedule["prediction_type"] = "v_prediction"
     return FamilyInfo(family, unet, vae, text, LATENT_SCALE[family], schedule,
                       {"unet": uf, "vae": vf, **tfacts})
+
+
+# ---------------------------------------------------------------- split files (one component per file)
+
+
+def unet_only_family(uf: dict[str, Any]) -> tuple[str, int | None]:
+    """(family, pooled width) of a diffusion model file from its UNet alone (ComfyUI's UNet-config match): no ADM
+    and linear projections → SD2.x, no ADM → SD1.x; an ADM input of pooled + 5·256 whose pooled width equals the
+    context → SDXL refiner, else SDXL base with pooled = ADM − 6·256."""
+    adm, ctx = uf["adm_in_channels"], uf["context_dim"]
+    if uf["in_channels"] != 4 or uf["out_channels"] != 4:
+        kind = {9: "inpainting", 8: "instruct-pix2pix"}.get(uf["in_channels"], "unusual")
+        raise CheckpointError(f"{kind} UNet ({uf['in_channels']} input channels)", detected=describe(uf),
+                              hint="inpainting and instruct-pix2pix models are not supported yet")
+    if ctx is None:
+        raise CheckpointError("a UNet without cross-attention", detected=describe(uf))
+    if adm is None:
+        return ("sd2" if uf["use_linear_in_transformer"] else "sd15"), None
+    if adm - ADM_VALUES["sdxl_refiner"] * ADM_EMBED == ctx:
+        return "sdxl_refiner", ctx
+    return "sdxl", adm - ADM_VALUES["sdxl"] * ADM_EMBED
+
+
+def detect_diffusion_model(state_dict: Mapping[str, torch.Tensor],
+                           read: Callable[[str], torch.Tensor] | None = None) -> tuple[FamilyInfo, str]:
+    """(family info with only the UNet config filled, the UNet's key prefix in the file) of a diffusion model file
+    (UNETLoader): original layout, bare or under `model.diffusion_model.`."""
+    keys = list(state_dict)
+    prefix = L.UNET_PREFIX if sum(k.startswith(L.UNET_PREFIX) for k in keys) > 5 else ""
+    u = _strip(state_dict, prefix)
+    if "input_blocks.0.0.weight" not in u:
+        for pattern, what, hint in _FOREIGN:
+            if any(re.search(pattern, k) for k in keys):
+                raise CheckpointError(f"this is {what}, not a Stable Diffusion UNet", hint=hint,
+                                      detected=f"{len(keys)} tensors, e.g. {sorted(keys)[:2]}")
+        raise CheckpointError("no UNet in the original layout found", detected=f"{len(keys)} tensors, "
+                              f"e.g. {sorted(keys)[:3]}", hint="Sumi reads original-layout (LDM/SGM) UNet files")
+    uf = unet_facts(u)
+    family, pooled = unet_only_family(uf)
+    if len(set(uf["num_res_blocks"])) != 1 or uf["time_embed_dim"] != 4 * uf["model_channels"]:
+        raise CheckpointError("UNet with per-level block counts or an unusual time embedding", detected=describe(uf))
+    unet = _unet_config(family, uf, pooled)
+    sched = shipped_config("sd15", "scheduler")
+    schedule = {k: sched[k] for k in ("beta_start", "beta_end", "beta_schedule", "num_train_timesteps")}
+    schedule["prediction_type"] = "epsilon"
+    probe = prefix + SD2_VPRED_PROBE
+    if family == "sd2" and read is not None and probe in state_dict and float(read(probe).float().std()) > 0.09:
+        schedule["prediction_type"] = "v_prediction"
+    return FamilyInfo(family, unet, {}, {}, LATENT_SCALE[family], schedule, {"unet": uf}), prefix
+
+
+def detect_text_encoder(state_dict: Mapping[str, torch.Tensor]) -> tuple[str, TextSpec]:
+    """(which encoder: clip_l / clip_h / clip_g, its spec) of a text-encoder file (CLIPLoader, DualCLIPLoader):
+    transformers layout (`text_model.…`, with `text_projection.weight` for OpenCLIP towers converted to it) or the
+    OpenCLIP layout (`token_embedding.weight`, `transformer.resblocks.…`). The width tells the encoder apart:
+    768 CLIP-L, 1024 OpenCLIP-H, 1280 OpenCLIP-bigG (other widths: by projection and activation of the file)."""
+    keys = set(state_dict)
+    if "token_embedding.weight" in keys and any(k.startswith("transformer.resblocks.") for k in keys):
+        facts = openclip_facts(state_dict)
+        kind, prefix = "openclip", ""
+    else:
+        prefix = "text_model." if "text_model.embeddings.token_embedding.weight" in keys else ""
+        if prefix + "embeddings.token_embedding.weight" not in keys:
+            raise CheckpointError("not a CLIP text encoder (no token embedding)",
+                                  detected=f"{len(keys)} tensors, e.g. {sorted(keys)[:3]}")
+        facts = clip_facts(_strip(state_dict, prefix))
+        if "text_projection.weight" in keys:
+            facts["projection_dim"] = state_dict["text_projection.weight"].shape[0]
+            facts["hidden_act"] = "gelu"
+            kind, prefix = "hf", ""
+        else:
+            kind = "clip"
+    width = facts["hidden_size"]
+    name = {768: "clip_l", 1024: "clip_h", 1280: "clip_g"}.get(width)
+    if name is None:  # tiny and unusual widths: OpenCLIP towers carry a projection, CLIP-L files do not; which
+        name = "openclip" if kind in ("openclip", "hf") else "clip_l"  # OpenCLIP tower: the loader's type says
+    return name, TextSpec(kind, prefix, text_config(facts))
+
+
+def detect_vae(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[str, Any], str]:
+    """(diffusers AutoencoderKL config, the LDM key prefix) of a VAE file in the original layout (bare or under
+    `first_stage_model.`)."""
+    prefix = L.VAE_PREFIX if any(k.startswith(L.VAE_PREFIX) for k in state_dict) else ""
+    v = _strip(state_dict, prefix)
+    if "encoder.conv_in.weight" not in v or "decoder.conv_out.weight" not in v:
+        if any(k.startswith("taesd_") or k.startswith(("encoder.layers.", "decoder.layers.")) for k in state_dict):
+            raise CheckpointError("a TAESD preview autoencoder", hint="TAESD is not supported yet")
+        raise CheckpointError("not a KL autoencoder (VAE) in the original layout",
+                              detected=f"{len(state_dict)} tensors, e.g. {sorted(state_dict)[:3]}")
+    vf = vae_facts(v)
+    vae = shipped_config("sd15", "vae")
+    vae.update(in_channels=vf["in_channels"], out_channels=vf["out_ch"], latent_channels=vf["z_channels"],
+               block_out_channels=vf["channels"], layers_per_block=vf["num_res_blocks"],
+               down_block_types=["DownEncoderBlock2D"] * len(vf["channels"]),
+               up_block_types=["UpDecoderBlock2D"] * len(vf["channels"]))
+    if vf["z_channels"] != 4:
+        raise CheckpointError(f"VAE with {vf['z_channels']} latent channels (SD1.x/SD2.x/SDXL have 4)",
+                              detected=str(vf))
+    return vae, prefix

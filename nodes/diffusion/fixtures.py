@@ -287,3 +287,30 @@ def write_reference_embedding(path: str | os.PathLike, classic: bool = False) ->
 
         save_file({key: vectors}, str(path))
     return content_sha256({key: vectors})
+
+
+def write_split_files(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, bare: bool = True) -> dict[str, Path]:
+    """Split a single-file checkpoint into the files split-file workflows load: the diffusion model (original
+    layout, bare or under `model.diffusion_model.`), the VAE (original layout, bare), and each text encoder in
+    transformers' layout (`text_model.…`, with `text_projection.weight` for OpenCLIP towers), as ComfyUI's model
+    repositories ship them. Returns {component: path}."""
+    from safetensors.torch import load_file, save_file
+
+    from .checkpoint import load_checkpoint
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = Path(checkpoint).stem
+    sd = load_file(str(checkpoint))
+    ck = load_checkpoint(checkpoint, dtype=torch.float16)
+    files = {"unet": out_dir / f"{stem}_unet.safetensors", "vae": out_dir / f"{stem}_vae.safetensors"}
+    unet = {(k[len(L.UNET_PREFIX):] if bare else k): v for k, v in sd.items() if k.startswith(L.UNET_PREFIX)}
+    save_file(unet, str(files["unet"]))
+    save_file({k[len(L.VAE_PREFIX):]: v for k, v in sd.items() if k.startswith(L.VAE_PREFIX)}, str(files["vae"]))
+    for name, module in ck.text_encoders.items():
+        state = module.state_dict()
+        if not any(k.startswith("text_model.") for k in state):  # transformers 5 drops the level; files keep it
+            state = {"text_model." + k: v for k, v in state.items()}
+        files[name] = out_dir / f"{stem}_{name}.safetensors"
+        save_file({k: v.contiguous() for k, v in state.items()}, str(files[name]))
+    return files

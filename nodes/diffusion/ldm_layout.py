@@ -146,7 +146,7 @@ def openclip_key(key: str, prefix: str) -> tuple[str, Op]:
 
 
 def component_key(kind: str, key: str, arg: Any) -> tuple[str, Op]:
-    """(LDM name, op) of one module key; `kind` is unet | vae | clip | openclip, `arg` the module's diffusers
+    """(LDM name, op) of one module key; `kind` is unet | vae | clip | openclip | hf, `arg` the module's diffusers
     config (unet, vae) or the text encoder's prefix in the file (clip, openclip)."""
     if kind == "unet":
         return unet_key(key, arg), ()
@@ -156,6 +156,8 @@ def component_key(kind: str, key: str, arg: Any) -> tuple[str, Op]:
         return text_key(key, arg), ()
     if kind == "openclip":
         return openclip_key(key, arg)
+    if kind == "hf":  # a transformers-layout file of the same module (split text-encoder files)
+        return arg + key, ()
     raise ValueError(f"unknown component kind {kind!r}")
 
 
