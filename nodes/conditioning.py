@@ -209,3 +209,55 @@ class ConditioningSetTimestepRange(Node):
 NODES = (CLIPTextEncode, CLIPSetLastLayer, CLIPTextEncodeSDXL, CLIPTextEncodeSDXLRefiner, ConditioningCombine,
          ConditioningAverage, ConditioningConcat, ConditioningSetArea, ConditioningSetAreaPercentage,
          ConditioningSetMask, ConditioningZeroOut, ConditioningSetTimestepRange)
+
+
+class ControlNetApplyAdvanced(Node):
+    type = "ControlNetApplyAdvanced"
+    display_name = "Apply ControlNet"
+    category = "conditioning/controlnet"
+    inputs = (Input("positive", "CONDITIONING"), Input("negative", "CONDITIONING"),
+              Input("control_net", "CONTROL_NET"), Input("image", "IMAGE"),
+              Input("strength", "FLOAT", default=1.0, min=0.0, max=10.0, step=0.01),
+              Input("start_percent", "FLOAT", default=0.0, min=0.0, max=1.0, step=0.001),
+              Input("end_percent", "FLOAT", default=1.0, min=0.0, max=1.0, step=0.001),
+              Input("vae", "VAE", optional=True))
+    outputs = (Output("CONDITIONING", "positive"), Output("CONDITIONING", "negative"))
+
+    def run(self, ctx: Any, positive: list, negative: list, control_net: Any, image: torch.Tensor, strength: float,
+            start_percent: float, end_percent: float, vae: Any = None) -> tuple[Any, ...]:
+        from .diffusion.controlnet import Control
+
+        if strength == 0:
+            return (positive, negative)
+        made: dict[int, Any] = {}  # one Control per previous control: both sides share it (one batch)
+        out = []
+        for conditioning in (positive, negative):
+            entries = []
+            for t, extras in conditioning:
+                prev = extras.get("control")
+                if id(prev) not in made:
+                    made[id(prev)] = Control(control_net, image, strength, start_percent, end_percent, prev)
+                entries.append([t, {**extras, "control": made[id(prev)], "control_apply_to_uncond": False}])
+            out.append(entries)
+        return tuple(out)
+
+
+class ControlNetApply(Node):
+    type = "ControlNetApply"
+    display_name = "Apply ControlNet (OLD)"
+    category = "conditioning/controlnet"
+    inputs = (Input("conditioning", "CONDITIONING"), Input("control_net", "CONTROL_NET"), Input("image", "IMAGE"),
+              Input("strength", "FLOAT", default=1.0, min=0.0, max=10.0, step=0.01))
+    outputs = (Output("CONDITIONING"),)
+
+    def run(self, ctx: Any, conditioning: list, control_net: Any, image: torch.Tensor,
+            strength: float) -> tuple[Any, ...]:
+        from .diffusion.controlnet import Control
+
+        if strength == 0:
+            return (conditioning,)
+        return ([[t, {**d, "control": Control(control_net, image, strength, previous=d.get("control")),
+                      "control_apply_to_uncond": True}] for t, d in conditioning],)
+
+
+NODES = (*NODES, ControlNetApplyAdvanced, ControlNetApply)

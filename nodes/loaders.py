@@ -328,4 +328,44 @@ class VAELoader(Node):
         return (models.load_vae(_found("vae", vae_name)),)
 
 
-NODES = (CheckpointLoaderSimple, LoraLoader, LoraLoaderModelOnly, UNETLoader, CLIPLoader, DualCLIPLoader, VAELoader)
+class ControlNetLoader(Node):
+    type = "ControlNetLoader"
+    display_name = "Load ControlNet Model"
+    category = "loaders"
+    description = "Loads an original single-file ControlNet (control_model.*) for SD1.x, SD2.x or SDXL."
+    cache_pool = "models"
+    determinism = Determinism.VOLATILE
+    inputs = (Input("control_net_name", "COMBO", options=lambda: paths.list_models("controlnet"),
+                    missing_hint=paths.missing_model_hint("controlnet")),)
+    outputs = (Output("CONTROL_NET"),)
+
+    @classmethod
+    def fingerprint(cls, control_net_name: str) -> str:
+        return _fingerprint("controlnet", control_net_name)
+
+    @classmethod
+    def check(cls, control_net_name: str) -> dict[str, str]:
+        path = paths.find_model("controlnet", control_net_name)
+        if path is None or path.suffix.lower() != ".safetensors" or not os.access(path, os.R_OK):
+            return {}
+        from .diffusion.controlnet import detect_controlnet
+        from .diffusion.reading import CheckpointError, open_checkpoint
+
+        try:
+            with open_checkpoint(path) as opened:
+                detect_controlnet(opened.meta)
+        except CheckpointError as e:
+            e.path = control_net_name
+            return {"control_net_name": str(e)}
+        return {}
+
+    def run(self, ctx: Any, control_net_name: str) -> tuple[Any, ...]:
+        from .diffusion.controlnet import ControlNet, load_controlnet
+
+        policy = devices.POLICY
+        family, net = load_controlnet(_found("controlnet", control_net_name), policy.device, policy.unet_dtype())
+        return (ControlNet(net, family, policy.device, policy.unet_dtype()),)
+
+
+NODES = (CheckpointLoaderSimple, LoraLoader, LoraLoaderModelOnly, UNETLoader, CLIPLoader, DualCLIPLoader, VAELoader,
+         ControlNetLoader)

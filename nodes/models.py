@@ -68,11 +68,15 @@ class DiffusionModel:
             inputs["time_ids"] = sdxl_time_ids(self.family, extras, noise_shape, prompt_type)
         return inputs
 
-    def apply_model(self, x_in: torch.Tensor, timestep: torch.Tensor, inputs: Mapping[str, torch.Tensor]) \
-            -> torch.Tensor:
+    def apply_model(self, x_in: torch.Tensor, timestep: torch.Tensor, inputs: Mapping[str, torch.Tensor],
+                    control: Any = None, sigma: float | None = None) -> torch.Tensor:
         kwargs: dict[str, Any] = {}
         if "text_embeds" in inputs:  # diffusers embeds the time ids (256-wide sinusoids) and adds them as ADM
             kwargs["added_cond_kwargs"] = {"text_embeds": inputs["text_embeds"], "time_ids": inputs["time_ids"]}
+        if control is not None:
+            res = control.residuals(x_in, timestep, inputs, sigma, self.model_sampling)
+            if res is not None:
+                kwargs["down_block_additional_residuals"], kwargs["mid_block_additional_residual"] = res
         with torch.inference_mode():
             return self.unet(x_in, timestep, encoder_hidden_states=inputs["context"], return_dict=False,
                              **kwargs)[0]

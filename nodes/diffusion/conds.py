@@ -59,6 +59,7 @@ class CondEntry:
     sigma_start: float = math.inf  # active while sigma_end <= sigma <= sigma_start
     sigma_end: float = 0.0
     extras: dict[str, Any] = field(default_factory=dict)
+    control: Any = None  # a controlnet.Control (ControlNetApply…): residuals computed at each model call
 
 
 def _resolve_area(area: Sequence[Any], dims: tuple[int, int]) -> tuple[int, int, int, int]:
@@ -135,9 +136,20 @@ def prepare(model: ConditionedModel, positive: Conditioning, negative: Condition
                 e.sigma_start = ms.percent_to_sigma(float(extras["start_percent"]))
             if "end_percent" in extras:
                 e.sigma_end = ms.percent_to_sigma(float(extras["end_percent"]))
+            e.control = extras.get("control")
             entries.append(e)
         sides.append(entries)
     pos, neg = sides
+    # ControlNetApply (the old node) controls the negative side too: full-frame negatives without a control of
+    # their own get the positive side's, unless some negative entry has one (ComfyUI's rule)
+    shared = [e.control for e in pos if e.control is not None and e.area is None
+              and e.extras.get("control_apply_to_uncond")]
+    if shared and not any(e.control is not None for e in neg if e.area is None):
+        plain = [i for i, e in enumerate(neg) if e.area is None]
+        for k, control in enumerate(shared):
+            if plain:
+                i = plain[k % len(plain)]
+                neg[i] = replace(neg[i], control=control)
     _add_equal_areas(pos, neg)
     _add_equal_areas(neg, pos)
     return pos, neg
@@ -217,17 +229,20 @@ def combine(model: ConditionedModel, sides: Sequence[Sequence[CondEntry]], x: to
             if s > e.sigma_start or s < e.sigma_end:
                 continue
             area, x_in, mult = _crop(e, x)
-            to_run.append((side, area, x_in, mult, e.inputs))
+            to_run.append((side, area, x_in, mult, e.inputs, e.control))
     outs = [torch.zeros_like(x) for _ in sides]
     counts = [torch.full_like(x, 1e-37) for _ in sides]
     while to_run:
         first = to_run[0]
-        batch = [r for r in to_run if _compatible((r[2], r[4]), (first[2], first[4]))][::-1]
+        batch = [r for r in to_run if r[5] is first[5] and _compatible((r[2], r[4]), (first[2], first[4]))][::-1]
         to_run = [r for r in to_run if not any(r is b for b in batch)]
         n = x.shape[0]
         x_in = torch.cat([b[2] for b in batch])
-        out = denoise(x_in, torch.cat([sigma] * len(batch)), _concat_inputs([b[4] for b in batch], n)).chunk(len(batch))
-        for (side, (h, w, y, x0), _, mult, _), o in zip(batch, out, strict=True):
+        inputs = _concat_inputs([b[4] for b in batch], n)
+        sigmas = torch.cat([sigma] * len(batch))
+        out = (denoise(x_in, sigmas, inputs) if first[5] is None else denoise(x_in, sigmas, inputs, first[5]))
+        out = out.chunk(len(batch))
+        for (side, (h, w, y, x0), _, mult, _, _), o in zip(batch, out, strict=True):
             outs[side][:, :, y:y + h, x0:x0 + w] += o * mult
             counts[side][:, :, y:y + h, x0:x0 + w] += mult
     return [o / c for o, c in zip(outs, counts, strict=True)]

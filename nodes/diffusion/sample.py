@@ -77,7 +77,8 @@ class CFGDenoiser:
         self.sides = [pos, neg] if self.use_negative else [pos]
         self._shape = shape
 
-    def unet_denoise(self, x: torch.Tensor, sigma: torch.Tensor, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    def unet_denoise(self, x: torch.Tensor, sigma: torch.Tensor, inputs: dict[str, torch.Tensor],
+                     control: Any = None) -> torch.Tensor:
         """D(x; sigma) from the model's output at x / sqrt(sigma^2 + 1) and t(sigma); model in model.dtype,
         result float32."""
         ms = self.model.model_sampling
@@ -85,7 +86,10 @@ class CFGDenoiser:
         timestep = ms.timestep(sigma).float()
         inputs = {k: v.to(device=x.device, dtype=self.model.dtype if v.is_floating_point() else v.dtype)
                   for k, v in inputs.items()}
-        out = self.model.apply_model(x_in, timestep, inputs)
+        if control is None:
+            out = self.model.apply_model(x_in, timestep, inputs)
+        else:  # ControlNet residuals for this batch (its window is in sigmas)
+            out = self.model.apply_model(x_in, timestep, inputs, control=control, sigma=float(sigma.reshape(-1)[0]))
         return ms.calculate_denoised(sigma, out.float(), x)
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **_: Any) -> torch.Tensor:

@@ -79,8 +79,9 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Any:
     (root / "models" / "checkpoints").mkdir(parents=True)
     (root / "models" / "loras").mkdir(parents=True)
     (root / "models" / "embeddings").mkdir(parents=True)
+    (root / "models" / "controlnet").mkdir(parents=True)
     (root / "input").mkdir()
-    for f in (NEXT / "inputs").iterdir():
+    for f in [*(NEXT / "inputs").iterdir(), SD15_LAYOUT.parent / "input_gradient.png"]:  # the second: SD1.5 set's
         shutil.copy(f, root / "input" / f.name)
     saved = paths.FOLDERS
     paths.configure(root)
@@ -120,10 +121,11 @@ def test_case_matches_comfyui(base: Path, name: str) -> None:
         link = base / "models" / "checkpoints" / ckpt
         if not link.exists():
             link.symlink_to(reference_checkpoint(ckpt))
-    for lora in {n["inputs"]["lora_name"] for n in prompt.values() if "lora_name" in n["inputs"]}:
-        link = base / "models" / "loras" / lora
-        if not link.exists():
-            link.symlink_to(reference_checkpoint(lora))
+    for key, folder in (("lora_name", "loras"), ("control_net_name", "controlnet")):
+        for file in {n["inputs"][key] for n in prompt.values() if key in n["inputs"]}:
+            link = base / "models" / folder / file
+            if not link.exists():
+                link.symlink_to(reference_checkpoint(file))
     texts = " ".join(str(n["inputs"].get("text", "")) for n in prompt.values())
     for word in re.findall(r"embedding:([\w.-]+)", texts):
         file = next(n for n in CHECKPOINTS if n.startswith("reference_embedding") and n.split(".")[0] == word)
