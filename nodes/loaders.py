@@ -335,12 +335,15 @@ class ControlNetLoader(Node):
     description = "Loads an original single-file ControlNet (control_model.*) for SD1.x, SD2.x or SDXL."
     cache_pool = "models"
     determinism = Determinism.VOLATILE
-    inputs = (Input("control_net_name", "COMBO", options=lambda: paths.list_models("controlnet"),
+    inputs = (Input("control_net_name", "COMBO",
+                    options=lambda: sorted({*paths.list_models("controlnet"), *models.TINY_CONTROLNETS}),
                     missing_hint=paths.missing_model_hint("controlnet")),)
     outputs = (Output("CONTROL_NET"),)
 
     @classmethod
     def fingerprint(cls, control_net_name: str) -> str:
+        if paths.find_model("controlnet", control_net_name) is None and control_net_name in models.TINY_CONTROLNETS:
+            return f"tiny:{control_net_name}|{devices.POLICY.describe()}"
         return _fingerprint("controlnet", control_net_name)
 
     @classmethod
@@ -363,7 +366,11 @@ class ControlNetLoader(Node):
         from .diffusion.controlnet import ControlNet, load_controlnet
 
         policy = devices.POLICY
-        family, net = load_controlnet(_found("controlnet", control_net_name), policy.device, policy.unet_dtype())
+        path = paths.find_model("controlnet", control_net_name)
+        if path is None and control_net_name in models.TINY_CONTROLNETS:
+            path = models.ensure_tiny_controlnet(control_net_name)
+        family, net = load_controlnet(path or _found("controlnet", control_net_name), policy.device,
+                                      policy.unet_dtype())
         return (ControlNet(net, family, policy.device, policy.unet_dtype()),)
 
 

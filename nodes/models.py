@@ -154,6 +154,25 @@ TINY_LORAS = {"sumi_tiny_sd15_lora_kohya.safetensors": ("sd15", "kohya"),
               "sumi_tiny_sd15_lora_peft.safetensors": ("sd15", "peft")}
 
 
+TINY_CONTROLNETS = {"sumi_tiny_sd15_controlnet.safetensors": "sd15",
+                    "sumi_tiny_sdxl_controlnet.safetensors": "sdxl"}
+
+
+def ensure_tiny_controlnet(name: str) -> Path:
+    """Build one of `TINY_CONTROLNETS` into models/controlnet on first use."""
+    from .diffusion.fixtures import build_tiny_controlnet
+
+    existing = paths.find_model("controlnet", name)
+    if existing:
+        return existing
+    target = paths.model_dirs("controlnet")[0] / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(f".tmp{id(target)}")
+    build_tiny_controlnet(tmp, TINY_CONTROLNETS[name])
+    tmp.replace(target)
+    return target
+
+
 def ensure_tiny_lora(name: str) -> Path:
     """Build one of `TINY_LORAS` into models/loras on first use (the reference rule, seeded from the names)."""
     from .diffusion.fixtures import tiny_lora_layout, write_lora_by_rule

@@ -33,7 +33,8 @@ NODE_TYPES |= {"CLIPTextEncodeSDXL", "CLIPTextEncodeSDXLRefiner", "ModelSampling
                "ConditioningSetMask", "ConditioningZeroOut", "ConditioningSetTimestepRange", "SamplerCustom",
                "SamplerCustomAdvanced", "KSamplerSelect", "BasicScheduler", "KarrasScheduler", "ExponentialScheduler",
                "SDTurboScheduler", "SplitSigmas", "RandomNoise", "DisableNoise", "CFGGuider", "BasicGuider",
-               "LoraLoader", "LoraLoaderModelOnly", "UNETLoader", "CLIPLoader", "DualCLIPLoader", "VAELoader"}
+               "LoraLoader", "LoraLoaderModelOnly", "UNETLoader", "CLIPLoader", "DualCLIPLoader", "VAELoader",
+               "ControlNetLoader", "ControlNetApplyAdvanced", "ControlNetApply"}
 HEAVY = ("torch", "diffusers", "transformers", "safetensors", "numpy")
 
 

@@ -73,6 +73,10 @@ def load_controlnet(path: str | Path, device: str | torch.device = "cpu",
     with torch.device("meta"):
         net = ControlNetModel.from_config(config)
     converted = convert_controlnet_checkpoint(sd, config)
+    for i, j in ((1, 0), (2, 2)):  # SDXL's ADM embedding, which diffusers' converter leaves out
+        for p in ("weight", "bias"):
+            if f"{PREFIX}label_emb.0.{j}.{p}" in sd:
+                converted.setdefault(f"add_embedding.linear_{i}.{p}", sd[f"{PREFIX}label_emb.0.{j}.{p}"])
     try:
         net.load_state_dict(converted, strict=True, assign=True)
     except RuntimeError as e:

@@ -10,6 +10,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import struct
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -314,3 +315,36 @@ def write_split_files(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
         files[name] = out_dir / f"{stem}_{name}.safetensors"
         save_file({k: v.contiguous() for k, v in state.items()}, str(files[name]))
     return files
+
+
+def controlnet_layout(info: FamilyInfo) -> dict[str, tuple[list[int], torch.dtype]]:
+    """{name: (shape, float16)} of an original-layout ControlNet for a family's UNet config: diffusers'
+    `ControlNetModel.from_unet` names mapped back (the UNet's encoder by the UNet rule; `controlnet_down_blocks.i`
+    → `zero_convs.i.0`, `controlnet_mid_block` → `middle_block_out.0`, the hint encoder's convs →
+    `input_hint_block.0, 2, 4, …`), all under `control_model.`."""
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    with torch.device("meta"):
+        # the hint encoder keeps the released widths (16, 32, 96, 256): every real ControlNet has them
+        net = ControlNetModel.from_unet(UNet2DConditionModel.from_config(dict(info.unet_config)))
+    out: dict[str, tuple[list[int], torch.dtype]] = {}
+    blocks = len(net.controlnet_cond_embedding.blocks)
+    for key, t in net.state_dict().items():
+        if m := re.match(r"^controlnet_down_blocks\.(\d+)\.(weight|bias)$", key):
+            name = f"zero_convs.{m.group(1)}.0.{m.group(2)}"
+        elif m := re.match(r"^controlnet_mid_block\.(weight|bias)$", key):
+            name = f"middle_block_out.0.{m.group(1)}"
+        elif m := re.match(r"^controlnet_cond_embedding\.(conv_in|conv_out|blocks\.(\d+))\.(weight|bias)$", key):
+            index = 0 if m.group(1) == "conv_in" else (2 * blocks + 2 if m.group(1) == "conv_out"
+                                                         else 2 * int(m.group(2)) + 2)
+            name = f"input_hint_block.{index}.{m.group(3)}"
+        else:
+            name = L.unet_key(key, info.unet_config)[len(L.UNET_PREFIX):]
+        out["control_model." + name] = (list(t.shape), torch.float16)
+    return out
+
+
+def build_tiny_controlnet(path: str | os.PathLike, family: str = "sd15", seed: int = 0) -> Path:
+    """A tiny ControlNet for a family's tiny model, in the original single-file layout, by the reference rule."""
+    write_by_rule(path, controlnet_layout(tiny_info(family)), seed, buffers=False)
+    return Path(path)
