@@ -4,7 +4,7 @@ from __future__ import annotations
 from executor.schema import Registry
 
 NODE_MODULES = ("nodes.loaders", "nodes.conditioning", "nodes.sampling", "nodes.latent", "nodes.image",
-                "nodes.model_patches", "nodes.custom_sampling")
+                "nodes.model_patches", "nodes.custom_sampling", "nodes.inpaint")
 
 
 def build_registry() -> Registry:

@@ -50,8 +50,14 @@ class DiffusionModel:
     def clone(self, **changes: Any) -> DiffusionModel:
         return dataclasses.replace(self, **changes)
 
+    @property
+    def concat_channels(self) -> int:
+        """Extra input channels beyond the latent's (inpainting UNets: mask + masked-image latent = 5)."""
+        return int(getattr(getattr(self.unet, "config", None), "in_channels", 4)) - 4
+
     def model_inputs(self, cond: torch.Tensor, extras: Mapping[str, Any], noise_shape: Sequence[int],
-                     prompt_type: str) -> dict[str, torch.Tensor]:
+                     prompt_type: str, latent_image: torch.Tensor | None = None,
+                     denoise_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         width = getattr(getattr(self.unet, "config", None), "cross_attention_dim", None)
         if width is not None and cond.shape[-1] != width:
             raise ValueError(f"conditioning {cond.shape[-1]} wide does not fit this {self.family} model (its context "
@@ -66,6 +72,8 @@ class DiffusionModel:
                                  f"has {'none' if pooled is None else pooled.shape[-1]}")
             inputs["text_embeds"] = pooled
             inputs["time_ids"] = sdxl_time_ids(self.family, extras, noise_shape, prompt_type)
+        if self.concat_channels:
+            inputs["concat"] = inpaint_concat(extras, noise_shape, self.latent_scale, latent_image, denoise_mask)
         return inputs
 
     def apply_model(self, x_in: torch.Tensor, timestep: torch.Tensor, inputs: Mapping[str, torch.Tensor],
@@ -77,6 +85,8 @@ class DiffusionModel:
             res = control.residuals(x_in, timestep, inputs, sigma, self.model_sampling)
             if res is not None:
                 kwargs["down_block_additional_residuals"], kwargs["mid_block_additional_residual"] = res
+        if "concat" in inputs:  # inpainting UNets read [x, mask, masked-image latent]
+            x_in = torch.cat([x_in, inputs["concat"].to(x_in)], dim=1)
         with torch.inference_mode():
             return self.unet(x_in, timestep, encoder_hidden_states=inputs["context"], return_dict=False,
                              **kwargs)[0]
@@ -86,6 +96,46 @@ class DiffusionModel:
         """The UNet with this view's weight patches applied in place, restored bit-exactly on leaving."""
         with patch_weights(self.unet, self.patches):
             yield self
+
+
+# "zero" in pixel space, encoded: the masked-image input of an inpainting UNet when nothing is masked
+BLANK_INPAINT_LATENT = (0.8223, -0.6876, 0.6364, 0.1380)
+
+
+def inpaint_concat(extras: Mapping[str, Any], noise_shape: Sequence[int], latent_scale: float,
+                   latent_image: torch.Tensor | None, denoise_mask: torch.Tensor | None) -> torch.Tensor:
+    """The 5 extra channels of an inpainting UNet, [B, 1 + 4, h, w], as ComfyUI forms them: the mask (the entry's
+    `concat_mask`, else the LATENT's noise mask; bilinear to the latent, rounded) and the masked-image latent (the
+    entry's `concat_latent_image` × the latent scale, else the sampled latent itself). Without a mask: ones and
+    the encoding of a black image."""
+    b, _, h, w = (int(s) for s in noise_shape)
+    mask = extras.get("concat_mask", denoise_mask)
+    image = extras.get("concat_latent_image")
+    if image is not None:
+        image = image.float() * latent_scale
+    else:
+        image = latent_image
+    if mask is None:
+        ones = torch.ones((b, 1, h, w))
+        blank = torch.ones((b, 4, h, w)) * torch.tensor(BLANK_INPAINT_LATENT).view(1, 4, 1, 1)
+        return torch.cat([ones, blank], dim=1)
+    mask = mask.float()
+    if mask.ndim == 4:
+        mask = mask[:, :1]
+    mask = mask.reshape((-1, 1, *mask.shape[-2:]))
+    if tuple(mask.shape[-2:]) != (h, w):
+        mask = torch.nn.functional.interpolate(mask, size=(h, w), mode="bilinear")
+    mask = _to_batch(mask.round(), b)
+    image = image.float()
+    if tuple(image.shape[-2:]) != (h, w):
+        image = torch.nn.functional.interpolate(image, size=(h, w), mode="bilinear")
+    return torch.cat([mask.to(image.device), _to_batch(image, b)], dim=1)
+
+
+def _to_batch(t: torch.Tensor, batch: int) -> torch.Tensor:
+    if t.shape[0] == batch:
+        return t
+    return t.repeat(-(-batch // t.shape[0]), *([1] * (t.ndim - 1)))[:batch]
 
 
 def sdxl_time_ids(family: str, extras: Mapping[str, Any], noise_shape: Sequence[int], prompt_type: str) \

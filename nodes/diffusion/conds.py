@@ -115,15 +115,18 @@ def _add_equal_areas(side: list[CondEntry], other: list[CondEntry]) -> None:
 
 
 def prepare(model: ConditionedModel, positive: Conditioning, negative: Conditioning | None,
-            noise_shape: Sequence[int]) -> tuple[list[CondEntry], list[CondEntry]]:
-    """The entries of both sides, resolved against the latent's shape `noise_shape` ([B, C, h, w])."""
+            noise_shape: Sequence[int], **sampling: Any) -> tuple[list[CondEntry], list[CondEntry]]:
+    """The entries of both sides, resolved against the latent's shape `noise_shape` ([B, C, h, w]). `sampling`
+    (latent_image, denoise_mask) reaches models that read more than the conditioning (inpainting UNets)."""
+    if not getattr(model, "concat_channels", 0):
+        sampling = {}
     dims = (int(noise_shape[2]), int(noise_shape[3]))
     ms = model.model_sampling
     sides: list[list[CondEntry]] = []
     for conditioning, prompt_type in ((positive, "positive"), (negative or [], "negative")):
         entries = []
         for cond, extras in ((c[0], c[1] if len(c) > 1 else {}) for c in conditioning):
-            e = CondEntry(model.model_inputs(cond, extras, noise_shape, prompt_type), extras=dict(extras))
+            e = CondEntry(model.model_inputs(cond, extras, noise_shape, prompt_type, **sampling), extras=dict(extras))
             if extras.get("area") is not None:
                 e.area = _resolve_area(extras["area"], dims)
             e.strength = float(extras.get("strength", 1.0))
@@ -229,7 +232,11 @@ def combine(model: ConditionedModel, sides: Sequence[Sequence[CondEntry]], x: to
             if s > e.sigma_start or s < e.sigma_end:
                 continue
             area, x_in, mult = _crop(e, x)
-            to_run.append((side, area, x_in, mult, e.inputs, e.control))
+            inputs = e.inputs
+            if "concat" in inputs and e.area is not None:  # noise-shaped inputs are cropped like x
+                h, w, y, x0 = area
+                inputs = {**inputs, "concat": inputs["concat"][:, :, y:y + h, x0:x0 + w]}
+            to_run.append((side, area, x_in, mult, inputs, e.control))
     outs = [torch.zeros_like(x) for _ in sides]
     counts = [torch.full_like(x, 1e-37) for _ in sides]
     while to_run:

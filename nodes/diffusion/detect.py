@@ -37,6 +37,7 @@ LABELS = {"sd15": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL base", "sdxl_refiner": 
 # the ADM vector: pooled bigG output ++ this many 256-wide sinusoidal embeddings of sizes / crops / score
 ADM_VALUES = {"sdxl": 6, "sdxl_refiner": 5}
 ADM_EMBED = 256
+INPAINT_CHANNELS = 9  # inpainting UNets: noisy latent (4) + mask (1) + masked-image latent (4)
 SD2_VPRED_PROBE = "output_blocks.11.1.transformer_blocks.0.norm1.bias"  # ComfyUI's v-prediction guess
 
 _FOREIGN: tuple[tuple[str, str, str], ...] = (  # (regex on any key, what it is, hint)
@@ -214,10 +215,10 @@ def _family(state_dict: Mapping[str, torch.Tensor], u: dict[str, Any]) -> str:
         ("xl_0_clip", "conditioner.embedders.0.transformer."), ("xl_0_open", "conditioner.embedders.0.model."),
         ("xl_1_open", "conditioner.embedders.1.model."))}
     what = describe(u)
-    if u["in_channels"] != 4 or u["out_channels"] != 4:
-        kind = {9: "inpainting", 8: "instruct-pix2pix"}.get(u["in_channels"], "unusual")
+    if u["in_channels"] not in (4, INPAINT_CHANNELS) or u["out_channels"] != 4:
+        kind = {8: "instruct-pix2pix"}.get(u["in_channels"], "unusual")
         raise CheckpointError(f"{kind} UNet ({u['in_channels']} input channels)", detected=what,
-                              hint="inpainting and instruct-pix2pix checkpoints are not supported yet")
+                              hint="instruct-pix2pix checkpoints are not supported yet")
     if has["xl_0_clip"] and has["xl_1_open"]:
         family = "sdxl"
     elif has["xl_0_open"]:
@@ -324,7 +325,7 @@ def detect(state_dict: Mapping[str, torch.Tensor],
     schedule = {k: sched[k] for k in ("beta_start", "beta_end", "beta_schedule", "num_train_timesteps")}
     schedule["prediction_type"] = "epsilon"
     probe = L.UNET_PREFIX + SD2_VPRED_PROBE
-    if family == "sd2" and read is not None and probe in state_dict:
+    if family == "sd2" and read is not None and probe in state_dict and uf["in_channels"] == 4:
         # ComfyUI's rule: v-prediction SD2 files (768-v) have visibly larger norm biases there.
         if float(read(probe).float().std()) > 0.09:
             schedule["prediction_type"] = "v_prediction"
@@ -340,10 +341,10 @@ def unet_only_family(uf: dict[str, Any]) -> tuple[str, int | None]:
     and linear projections → SD2.x, no ADM → SD1.x; an ADM input of pooled + 5·256 whose pooled width equals the
     context → SDXL refiner, else SDXL base with pooled = ADM − 6·256."""
     adm, ctx = uf["adm_in_channels"], uf["context_dim"]
-    if uf["in_channels"] != 4 or uf["out_channels"] != 4:
-        kind = {9: "inpainting", 8: "instruct-pix2pix"}.get(uf["in_channels"], "unusual")
+    if uf["in_channels"] not in (4, INPAINT_CHANNELS) or uf["out_channels"] != 4:
+        kind = {8: "instruct-pix2pix"}.get(uf["in_channels"], "unusual")
         raise CheckpointError(f"{kind} UNet ({uf['in_channels']} input channels)", detected=describe(uf),
-                              hint="inpainting and instruct-pix2pix models are not supported yet")
+                              hint="instruct-pix2pix models are not supported yet")
     if ctx is None:
         raise CheckpointError("a UNet without cross-attention", detected=describe(uf))
     if adm is None:

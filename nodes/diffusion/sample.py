@@ -68,12 +68,19 @@ class CFGDenoiser:
             raise ValueError("negative conditioning is empty but cfg != 1")
         self._raw = (positive, negative)
         self._shape: tuple[int, ...] | None = None
+        self.sampling_inputs: dict[str, Any] = {}  # latent_image, denoise_mask: set by sample_custom
         self.sides: list[list[CondEntry]] = []
         if noise_shape is not None:
             self._prepare(tuple(noise_shape))
 
+    def set_sampling_inputs(self, **inputs: Any) -> None:
+        """The sampled latent (scaled) and noise mask, for models whose inputs depend on them (inpainting)."""
+        self.sampling_inputs.update(inputs)
+        self._shape = None  # entries are prepared again with them at the next call
+
     def _prepare(self, shape: tuple[int, ...]) -> None:
-        pos, neg = prepare(self.model, self._raw[0], self._raw[1] if self.use_negative else None, shape)
+        pos, neg = prepare(self.model, self._raw[0], self._raw[1] if self.use_negative else None, shape,
+                           **self.sampling_inputs)
         self.sides = [pos, neg] if self.use_negative else [pos]
         self._shape = shape
 
@@ -178,6 +185,9 @@ def sample_custom(
     mask = None
     if noise_mask is not None:
         mask = prepare_mask(noise_mask, latent.shape, device)
+    if isinstance(denoiser, CFGDenoiser):  # what inpainting UNets read besides x
+        denoiser.set_sampling_inputs(latent_image=latent_in, denoise_mask=mask)
+    if mask is not None:
         denoiser = _InpaintDenoiser(denoiser, ms, mask, latent_in, noise)
 
     total = len(sigmas) - 1
@@ -192,8 +202,9 @@ def sample_custom(
         samples = sampler(denoiser, x, sigmas, extra_args={"seed": seed}, callback=step_callback, disable=True)
     out = ms.inverse_noise_scaling(sigmas[-1], samples).float() / model.latent_scale
     if mask is not None:
-        # Blended in VAE space so unmasked values come back bit-identical to the input latent.
-        out = out * mask + latent * (1.0 - mask)
+        # Where nothing may change (mask 0) the input latent comes back bit-identical; the sampler's last step
+        # already blended every other pixel (D·m + latent·(1 − m)), so blending again would move fractional ones.
+        out = torch.where(mask == 0, latent, out)
     return out
 
 
