@@ -22,7 +22,9 @@ if TYPE_CHECKING:
 DEFAULT_CHECKPOINT = "sumi_tiny_sd15.safetensors"
 # the embedded tiny checkpoints, one per family, built on first use (nodes/diffusion/fixtures.py)
 TINY_CHECKPOINTS = {DEFAULT_CHECKPOINT: "sd15", "sumi_tiny_sd2.safetensors": "sd2",
-                    "sumi_tiny_sdxl.safetensors": "sdxl", "sumi_tiny_sdxl_refiner.safetensors": "sdxl_refiner"}
+                    "sumi_tiny_sdxl.safetensors": "sdxl", "sumi_tiny_sdxl_refiner.safetensors": "sdxl_refiner",
+                    "sumi_tiny_sd15_inpainting.safetensors": "sd15"}
+TINY_INPAINTING = {"sumi_tiny_sd15_inpainting.safetensors"}  # 9-channel UNets
 
 
 @dataclass(frozen=True)
@@ -194,7 +196,7 @@ def ensure_default_checkpoint(name: str = DEFAULT_CHECKPOINT) -> Path:
     target = paths.model_dirs("checkpoints")[0] / name
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(f".tmp{id(target)}")
-    build_tiny_checkpoint(tmp, family=TINY_CHECKPOINTS[name])
+    build_tiny_checkpoint(tmp, family=TINY_CHECKPOINTS[name], in_channels=9 if name in TINY_INPAINTING else 4)
     tmp.replace(target)  # atomic: a concurrent reader never sees half a file
     return target
 

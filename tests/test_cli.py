@@ -258,7 +258,8 @@ def test_nodes_json_is_object_info_for_every_node_type(base: Path) -> None:
         "tooltip": ksampler["input"]["required"]["seed"][1]["tooltip"]}]
     assert ksampler["output"] == ["LATENT"] and ksampler["output_node"] is False
     loader = info["CheckpointLoaderSimple"]
-    tiny = [CKPT, "sumi_tiny_sd2.safetensors", "sumi_tiny_sdxl.safetensors", "sumi_tiny_sdxl_refiner.safetensors"]
+    tiny = [CKPT, "sumi_tiny_sd2.safetensors", "sumi_tiny_sdxl.safetensors", "sumi_tiny_sdxl_refiner.safetensors",
+            "sumi_tiny_sd15_inpainting.safetensors"]
     assert loader["input"]["required"]["ckpt_name"][0] == sorted(tiny)
     assert loader["output"] == ["MODEL", "CLIP", "VAE"] and loader["display_name"] == "Load Checkpoint"
     assert info["SaveImage"]["output_node"] is True and info["SaveImage"]["output"] == []

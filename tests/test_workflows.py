@@ -1,7 +1,7 @@
 """Every example workflow in workflows/ for the model families and samplers beyond SD1.x txt2img runs on Sumi's
 tiny models (built on first use, like the default one) and saves a real image: SD2 with forced v-prediction,
 SDXL base → refiner (CLIPTextEncodeSDXL / ...Refiner, KSamplerAdvanced hand-over), SDXL-Turbo style custom
-sampling, area composition, a kohya LoRA, a ControlNet."""
+sampling, area composition, a kohya LoRA, a ControlNet, an inpainting model."""
 from __future__ import annotations
 
 import json
@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from executor.runner import Executor
@@ -33,6 +34,7 @@ def ex(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Executor]:
     ("area_composition", (256, 384), {"4": "sd15"}),
     ("lora", (256, 256), {"4": "sd15", "10": "sd15"}),
     ("controlnet", (256, 256), {"4": "sd15", "11": "sd15"}),
+    ("inpaint", (256, 256), {"4": "sd15"}),
 ])
 def test_example_workflow_runs_on_the_tiny_models(ex: Executor, workflow: str, size: tuple[int, int],
                                                    families: dict[str, str]) -> None:
@@ -45,6 +47,13 @@ def test_example_workflow_runs_on_the_tiny_models(ex: Executor, workflow: str, s
     (saved,) = result.outputs["9"]["images"]
     image = np.asarray(Image.open(paths.FOLDERS.output / saved["subfolder"] / saved["filename"]))
     assert image.shape == (*size, 3) and image.std() > 1.0  # a real picture, not a constant
+    if workflow == "inpaint":  # only the transparent hole (grown by 6 px) is repainted
+        from nodes.diffusion.sample import prepare_mask
+
+        out, given = result.values["3"][0]["samples"], result.values["11"][0]["samples"]
+        kept = prepare_mask(result.values["11"][0]["noise_mask"], out.shape, out.device) == 0
+        assert kept.any() and (~kept).any() and torch.equal(out[kept], given[kept])  # outside: the input, exactly
+        assert not torch.allclose(out[~kept], given[~kept])  # inside: repainted (the tiny VAE's pixels mean nothing)
     built = {p.name for p in (paths.FOLDERS.base / "models" / "checkpoints").iterdir()}
     loaders = [n for n in families if "ckpt_name" in prompt[n]["inputs"]]
     assert {prompt[n]["inputs"]["ckpt_name"] for n in loaders} <= built <= set(models.TINY_CHECKPOINTS)

@@ -153,8 +153,9 @@ def tiny_text_config(kind: str) -> dict[str, Any]:
     return cfg
 
 
-def tiny_info(family: str = "sd15") -> FamilyInfo:
-    """The configs of a family's tiny CI model (the shipped SD1.5 ones, shrunk, with the family's rules)."""
+def tiny_info(family: str = "sd15", in_channels: int = 4) -> FamilyInfo:
+    """The configs of a family's tiny CI model (the shipped SD1.5 ones, shrunk, with the family's rules);
+    `in_channels` 9 gives the family's inpainting variant."""
     levels, middle = TINY_LEVELS[family]
     text = {name: TextSpec(kind, prefix, tiny_text_config(kind))
             for name, (kind, prefix) in TEXT_LAYOUTS[family].items()}
@@ -162,7 +163,7 @@ def tiny_info(family: str = "sd15") -> FamilyInfo:
     widths = [w for w, _ in levels]
     depths = [d or middle for _, d in levels]
     unet = shipped_config("sd15", "unet")
-    unet.update(TINY_UNET, block_out_channels=widths, cross_attention_dim=context,
+    unet.update(TINY_UNET, block_out_channels=widths, cross_attention_dim=context, in_channels=in_channels,
                 down_block_types=["CrossAttnDownBlock2D" if d else "DownBlock2D" for _, d in levels],
                 up_block_types=["CrossAttnUpBlock2D" if d else "UpBlock2D" for _, d in reversed(levels)],
                 transformer_layers_per_block=depths[0] if len(set(depths)) == 1 else depths,
@@ -204,13 +205,14 @@ def family_layout(info: FamilyInfo) -> dict[str, tuple[list[int], torch.dtype]]:
     return layout
 
 
-def build_tiny_checkpoint(path: str | os.PathLike, seed: int = 0, family: str = "sd15") -> Path:
+def build_tiny_checkpoint(path: str | os.PathLike, seed: int = 0, family: str = "sd15",
+                          in_channels: int = 4) -> Path:
     """Write a tiny checkpoint of `family` in its original single-file layout (same rule as the reference files).
 
     SD1.x and SD2.x files carry the 12 DDPM buffers, SDXL files none (as released). `seed` is added to every
     per-tensor seed (see `tensor_seed`).
     """
-    info = tiny_info(family)
+    info = tiny_info(family, in_channels)
     write_by_rule(path, family_layout(info), seed, buffers=family in ("sd15", "sd2"))
     return Path(path)
 
