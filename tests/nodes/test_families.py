@@ -106,7 +106,7 @@ def test_tiny_sdxl_unet_agrees_with_diffusers_converter(tiny_files: dict[str, Pa
 
 
 REFUSED = [  # (changes to the tiny SD1.5 file, what the error must say)
-    ({"model.diffusion_model.input_blocks.0.0.weight": [32, 9, 3, 3]}, "inpainting UNet (9 input channels)"),
+    ({"model.diffusion_model.input_blocks.0.0.weight": [32, 8, 3, 3]}, "instruct-pix2pix UNet (8 input channels)"),
     ({"control_model.zero_convs.0.0.weight": [32, 32, 1, 1]}, "a ControlNet"),
     ({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": [4, 32]}, "a LoRA"),
     ({"model.diffusion_model.double_blocks.0.img_attn.qkv.weight": [9, 3]}, "a Flux checkpoint"),
@@ -408,9 +408,9 @@ def test_loader_validation_names_what_an_unusable_file_is(tmp_path: Path, tiny_f
         folder = tmp_path / "models" / "checkpoints"
         folder.mkdir(parents=True)
         sd = load_file(tiny_files["sd15"])
-        sd[L.UNET_PREFIX + "input_blocks.0.0.weight"] = torch.zeros(32, 9, 3, 3, dtype=torch.float16)
-        save_file(sd, str(folder / "inpaint.safetensors"))
-        prompt = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "inpaint.safetensors"}},
+        sd[L.UNET_PREFIX + "input_blocks.0.0.weight"] = torch.zeros(32, 8, 3, 3, dtype=torch.float16)
+        save_file(sd, str(folder / "ip2p.safetensors"))
+        prompt = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "ip2p.safetensors"}},
                   "2": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
                   "3": {"class_type": "VAEDecode", "inputs": {"samples": ["2", 0], "vae": ["1", 2]}},
                   "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 0]}}}
@@ -418,6 +418,6 @@ def test_loader_validation_names_what_an_unusable_file_is(tmp_path: Path, tiny_f
             Executor(build_registry()).prepare(prompt)
         errors = [e for e in info.value.errors if e.node_id == "1"]
         assert errors and errors[0].input_name == "ckpt_name" and errors[0].type == "custom_validation_failed"
-        assert "inpainting UNet (9 input channels)" in errors[0].message
+        assert "instruct-pix2pix UNet (8 input channels)" in errors[0].message
     finally:
         paths.FOLDERS = saved

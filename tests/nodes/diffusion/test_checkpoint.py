@@ -308,7 +308,7 @@ def test_other_unet_shapes_are_refused_with_what_was_found() -> None:
     sd = _meta_layout()
     cases = [
         ({"label_emb__0__0__weight": [1280, 2816]}, "adm 2816"),
-        ({"input_blocks__0__0__weight": [320, 9, 3, 3]}, "in 9"),
+        ({"input_blocks__0__0__weight": [320, 8, 3, 3]}, "in 8"),
         ({f"input_blocks__{i}__1__transformer_blocks__0__attn2__to_k__weight": [c, 1024]
           for i, c in ((1, 320), (2, 320), (4, 640), (5, 640), (7, 1280), (8, 1280))}, "context_dim 1024"),
     ]
