@@ -40,12 +40,14 @@ class ConditionedModel(Protocol):
 
     def model_inputs(self, cond: torch.Tensor, extras: Mapping[str, Any], noise_shape: Sequence[int],
                      prompt_type: str) -> dict[str, torch.Tensor]:
-        """Batch-first model inputs of one entry (`context` and whatever the family needs)."""
+        """Batch-first model inputs of one entry (`context` and whatever the family needs). Models with
+        `concat_channels` (inpainting UNets) also take `latent_image=` and `denoise_mask=` keywords."""
         ...
 
     def apply_model(self, x_in: torch.Tensor, timestep: torch.Tensor, inputs: Mapping[str, torch.Tensor]) \
             -> torch.Tensor:
-        """The network's output (eps, v or x0) for scaled input x_in at (float) integer timesteps."""
+        """The network's output (eps, v or x0) for scaled input x_in at (float) integer timesteps. Entries with a
+        ControlNet control are called with `control=` and `sigma=` as well."""
         ...
 
 
