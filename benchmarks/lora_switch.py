@@ -38,6 +38,7 @@ def workflow(lora: bool, strength: float = 0.8) -> dict:
                                                    "positive": ["6", 0], "negative": ["7", 0],
                                                    "latent_image": ["5", 0]}},
         "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
+        "9": {"class_type": "PreviewImage", "inputs": {"images": ["8", 0]}},
     }
     if lora:
         prompt["10"] = {"class_type": "LoraLoader", "inputs": {
