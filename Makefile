@@ -10,8 +10,6 @@ WEB_STAMP := web/node_modules/.installed
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements.txt
-	# Only the CLIP BPE vocabulary file is used from this wheel; its torchvision dependency is not wanted.
-	$(PY) -m pip install -q --no-deps clip-anytorch==2.6.0
 	touch $(STAMP)
 
 # The editor's canvas library, pinned by web/package-lock.json, served from web/node_modules.

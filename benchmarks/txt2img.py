@@ -297,8 +297,9 @@ def ensure_checkpoint(ckpt: Path) -> None:
         return
     print(f"building the reference checkpoint at {ckpt} (about 15 s)...", file=sys.stderr)
     ckpt.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-c", "import sys; from nodes.diffusion.checkpoint import "
-                    "write_reference_checkpoint as w; w(sys.argv[1])", str(ckpt)], cwd=REPO, check=True)
+    subprocess.run([sys.executable, "-c", "import sys; from nodes.diffusion.fixtures import "
+                    "write_reference_checkpoint as w; w(sys.argv[1], sys.argv[2])", str(ckpt),
+                    str(REPO / "tests" / "parity" / "reference" / "sd15_layout.json")], cwd=REPO, check=True)
 
 
 def page_in(ckpt: Path) -> None:

@@ -40,19 +40,25 @@ def _tensors(value: Any, depth: int = 0, seen: set[int] | None = None) -> Iterat
             yield from _tensors(v, depth + 1, seen)
 
 
-def measure(value: Any) -> tuple[int, int]:
-    """(total bytes, bytes on accelerators) of the tensors in a value, shared storage counted once."""
-    total = accel = 0
-    storages: set[tuple[str, int]] = set()
+def storages_of(value: Any) -> dict[tuple[str, int], tuple[int, bool]]:
+    """{(device, storage address): (bytes, on an accelerator)} of the tensors in a value, each storage once."""
+    out: dict[tuple[str, int], tuple[int, bool]] = {}
     for t in _tensors(value):
         key = (str(t.device), t.untyped_storage().data_ptr())
-        if key in storages:
+        if key not in out:
+            out[key] = (t.untyped_storage().nbytes(), t.device.type != "cpu")
+    return out
+
+
+def measure(value: Any, held: set[tuple[str, int]] | frozenset = frozenset()) -> tuple[int, int]:
+    """(total bytes, bytes on accelerators) of the tensors in a value, shared storage counted once, storages in
+    `held` (already counted by other cache entries, e.g. the weights a patched model view shares) not at all."""
+    total = accel = 0
+    for key, (n, on_accel) in storages_of(value).items():
+        if key in held:
             continue
-        storages.add(key)
-        n = t.untyped_storage().nbytes()
         total += n
-        if t.device.type != "cpu":
-            accel += n
+        accel += n if on_accel else 0
     return total, accel
 
 
@@ -130,7 +136,11 @@ class Cache:
 
     def put(self, key: str, outputs: tuple[Any, ...], ui: dict[str, Any] | None, pool: str = "outputs",
             protect: set[str] | None = None) -> None:
-        nbytes, accel = measure(outputs)
+        # Storage another entry already holds is not counted again (a view over cached weights costs its own
+        # tensors only). If that entry goes first, the shared bytes go uncounted until this one goes too.
+        held = {s for k, p in self.pools.items() for ek, e in p.entries.items() if ek != key
+                for s in storages_of(e.outputs)}
+        nbytes, accel = measure(outputs, held)
         target = self.pools[pool]
         target.entries[key] = Entry(outputs, ui, nbytes, accel)
         target.entries.move_to_end(key)

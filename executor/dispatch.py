@@ -18,7 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from . import hostmem
+import hostmem
+
 from .errors import ValidationFailed
 from .queue import InvalidTransition, PromptStore, QueueItem, State, split_secrets
 from .runner import Event, Executor, RunResult

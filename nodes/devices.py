@@ -31,6 +31,10 @@ class DevicePolicy:
     def text_dtype(self) -> torch.dtype:
         return self.unet_dtype()
 
+    def describe(self) -> str:
+        """Everything of the policy that changes a loaded model's results: part of its cache signature."""
+        return (f"{self.device}|unet={self.unet_dtype()}|text={self.text_dtype()}|vae={self.vae_dtype()}")
+
     def vae_dtype(self) -> torch.dtype:
         if self.precision != "auto":
             return DTYPES[self.precision]

@@ -1,38 +1,387 @@
 """Model loaders."""
 from __future__ import annotations
 
+import hashlib
+import os
+from pathlib import Path
 from typing import Any, ClassVar
 
-from executor.schema import Input, Node, Output
+from executor.schema import Determinism, Input, Node, Output
 
-from . import models, paths
+from . import devices, models, paths
 
 
 def checkpoint_names() -> list[str]:
-    # The embedded default is always offered: it is built on first use.
-    return sorted({*paths.list_models("checkpoints"), models.DEFAULT_CHECKPOINT})
+    # The embedded tiny models are always offered: they are built on first use.
+    return sorted({*paths.list_models("checkpoints"), *models.TINY_CHECKPOINTS})
+
+
+def model_file_identity(path: Path) -> str:
+    """What a cached model's signature holds about its file: resolved path, size, modification time and, for
+    .safetensors, a digest of the header (every tensor's name, dtype, shape and offsets). Hashing all the
+    weights would cost seconds per prompt for a multi-GB file; a rewrite changes the size or mtime, and a file
+    swapped under the same name almost always its header."""
+    st = path.stat()
+    parts = [str(path.resolve()), str(st.st_size), str(st.st_mtime_ns)]
+    if path.suffix.lower() == ".safetensors":
+        with open(path, "rb") as f:
+            head = f.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else 0
+            parts.append(hashlib.sha256(f.read(min(n, 100 << 20))).hexdigest())
+    return "|".join(parts)
+
+
+def _checkpoint_path(ckpt_name: str) -> Path | None:
+    path = paths.find_model("checkpoints", ckpt_name)
+    if path is None and ckpt_name in models.TINY_CHECKPOINTS:
+        path = models.ensure_default_checkpoint(ckpt_name)
+    return path
 
 
 class CheckpointLoaderSimple(Node):
     type = "CheckpointLoaderSimple"
     display_name = "Load Checkpoint"
     category = "loaders"
-    description = "Loads an SD1.x single-file checkpoint (.safetensors; .ckpt/.pt only as plain tensors)."
+    description = ("Loads an SD1.x, SD2.x, SDXL or SDXL refiner single-file checkpoint (.safetensors; "
+                   ".ckpt/.pt only as plain tensors).")
     cache_pool = "models"
     # This input names a model file in the `checkpoints` folders (read by nodes.manifest).
     model_files: ClassVar[dict[str, str]] = {"ckpt_name": "checkpoints"}
+    # depends on the world: the file's content and the device/precision policy (see `fingerprint`)
+    determinism = Determinism.VOLATILE
     inputs = (Input("ckpt_name", "COMBO", options=checkpoint_names, tooltip="The checkpoint file to load.",
                     missing_hint=paths.missing_model_hint("checkpoints")),)
     outputs = (Output("MODEL", tooltip="The denoising model."), Output("CLIP", tooltip="The text encoder."),
                Output("VAE", tooltip="The image autoencoder."))
 
-    def run(self, ctx: Any, ckpt_name: str) -> tuple[Any, ...]:
+    @classmethod
+    def fingerprint(cls, ckpt_name: str) -> str:
         path = paths.find_model("checkpoints", ckpt_name)
-        if path is None and ckpt_name == models.DEFAULT_CHECKPOINT:
-            path = models.ensure_default_checkpoint()
+        if path is None:
+            if ckpt_name not in models.TINY_CHECKPOINTS:
+                raise FileNotFoundError(ckpt_name)
+            return f"tiny:{ckpt_name}|{devices.POLICY.describe()}"  # built from code on first use
+        return f"{model_file_identity(path)}|{devices.POLICY.describe()}"
+
+    @classmethod
+    def check(cls, ckpt_name: str) -> dict[str, str]:
+        """A .safetensors file is detected from its header at validation, so a file Sumi cannot use is a
+        validation error naming what it appears to be (pickles are only read when the node runs)."""
+        path = paths.find_model("checkpoints", ckpt_name)
+        if path is None or path.suffix.lower() != ".safetensors" or not os.access(path, os.R_OK):
+            return {}
+        from .diffusion.detect import detect
+        from .diffusion.reading import CheckpointError, open_checkpoint
+
+        try:
+            with open_checkpoint(path) as opened:
+                detect(opened.meta)
+        except CheckpointError as e:
+            e.path = ckpt_name
+            return {"ckpt_name": str(e)}
+        return {}
+
+    def run(self, ctx: Any, ckpt_name: str) -> tuple[Any, ...]:
+        path = _checkpoint_path(ckpt_name)
         if path is None:
             raise FileNotFoundError(paths.missing_model_hint("checkpoints")(ckpt_name))
         return models.load(path)
 
 
-NODES = (CheckpointLoaderSimple,)
+def lora_names() -> list[str]:
+    return sorted({*paths.list_models("loras"), *models.TINY_LORAS})
+
+
+def _lora_path(lora_name: str) -> Path | None:
+    path = paths.find_model("loras", lora_name)
+    if path is None and lora_name in models.TINY_LORAS:
+        path = models.ensure_tiny_lora(lora_name)
+    return path
+
+
+def _lora_fingerprint(lora_name: str) -> str:
+    path = paths.find_model("loras", lora_name)
+    if path is None:
+        if lora_name in models.TINY_LORAS:
+            return f"tiny:{lora_name}"
+        raise FileNotFoundError(lora_name)
+    return model_file_identity(path)
+
+
+def apply_lora(model: Any, clip: Any, lora_name: str, strength_model: float,
+               strength_clip: float) -> tuple[Any, Any]:
+    """(MODEL, CLIP) views with the LoRA's patches; the inputs (cached objects) are never changed. Keys that
+    reach no weight are logged as "lora key not loaded", as ComfyUI does."""
+    from .diffusion import lora
+
+    path = _lora_path(lora_name)
+    if path is None:
+        raise FileNotFoundError(paths.missing_model_hint("loras")(lora_name))
+    modules, extra = lora.parse(lora.read_lora(path))
+    applied: set[str] = set()
+    if model is not None and strength_model != 0:
+        unet = model.unet
+        key_map = lora.unet_key_map(dict(unet.named_parameters()), unet.config)
+        found, names = lora.patches_for(modules, key_map, dict(unet.named_parameters()), strength_model)
+        model, applied = model.clone(patches=model.patches + found), applied | names
+    if clip is not None and strength_clip != 0:
+        per_encoder = {}
+        for name, enc in clip.encoders.items():
+            params = dict(enc.model.named_parameters())
+            key_map = lora.text_key_map(clip.family, name, params)
+            per_encoder[name], names = lora.patches_for(modules, key_map, params, strength_clip,
+                                                        lora.TEXT_WEIGHT_DTYPE)
+            applied |= names
+        clip = clip.with_patches(per_encoder)
+    lora.warn_unapplied(lora_name, modules, applied, extra)
+    return model, clip
+
+
+class LoraLoader(Node):
+    type = "LoraLoader"
+    model_files: ClassVar[dict[str, str]] = {"lora_name": "loras"}  # read by nodes.manifest
+    display_name = "Load LoRA"
+    category = "loaders"
+    description = ("Applies a LoRA (kohya/A1111, LoCon, diffusers/PEFT names) to the model and the text encoder, "
+                   "as patches over the shared weights: the loaded checkpoint itself never changes.")
+    determinism = Determinism.VOLATILE  # the LoRA file's content
+    inputs = (Input("model", "MODEL", tooltip="The diffusion model the LoRA will be applied to."),
+              Input("clip", "CLIP", tooltip="The CLIP model the LoRA will be applied to."),
+              Input("lora_name", "COMBO", options=lora_names, tooltip="The name of the LoRA.",
+                    missing_hint=paths.missing_model_hint("loras")),
+              Input("strength_model", "FLOAT", default=1.0, min=-100.0, max=100.0, step=0.01,
+                    tooltip="How strongly to modify the diffusion model. This value can be negative."),
+              Input("strength_clip", "FLOAT", default=1.0, min=-100.0, max=100.0, step=0.01,
+                    tooltip="How strongly to modify the CLIP model. This value can be negative."))
+    outputs = (Output("MODEL", tooltip="The modified diffusion model."),
+               Output("CLIP", tooltip="The modified CLIP model."))
+
+    @classmethod
+    def fingerprint(cls, lora_name: str, **_: Any) -> str:
+        return _lora_fingerprint(lora_name)
+
+    def run(self, ctx: Any, model: Any, clip: Any, lora_name: str, strength_model: float,
+            strength_clip: float) -> tuple[Any, ...]:
+        if strength_model == 0 and strength_clip == 0:
+            return (model, clip)
+        return apply_lora(model, clip, lora_name, strength_model, strength_clip)
+
+
+class LoraLoaderModelOnly(Node):
+    type = "LoraLoaderModelOnly"
+    model_files: ClassVar[dict[str, str]] = {"lora_name": "loras"}  # read by nodes.manifest
+    category = "loaders"
+    description = "Applies a LoRA to the diffusion model only."
+    determinism = Determinism.VOLATILE
+    inputs = (Input("model", "MODEL"),
+              Input("lora_name", "COMBO", options=lora_names, missing_hint=paths.missing_model_hint("loras")),
+              Input("strength_model", "FLOAT", default=1.0, min=-100.0, max=100.0, step=0.01))
+    outputs = (Output("MODEL"),)
+
+    @classmethod
+    def fingerprint(cls, lora_name: str, **_: Any) -> str:
+        return _lora_fingerprint(lora_name)
+
+    def run(self, ctx: Any, model: Any, lora_name: str, strength_model: float) -> tuple[Any, ...]:
+        if strength_model == 0:
+            return (model,)
+        return (apply_lora(model, None, lora_name, strength_model, 0.0)[0],)
+
+
+def _check_file(field: str, kind: str, name: str, detect_name: str) -> dict[str, str]:
+    """Validation of a split file: a .safetensors file is detected from its header; a problem names the input."""
+    path = paths.find_model(kind, name)
+    if path is None or path.suffix.lower() != ".safetensors" or not os.access(path, os.R_OK):
+        return {}
+    from .diffusion import detect as detection
+    from .diffusion.reading import CheckpointError, open_checkpoint
+
+    try:
+        with open_checkpoint(path) as opened:
+            getattr(detection, detect_name)(opened.meta)
+    except CheckpointError as e:
+        e.path = name
+        return {field: str(e)}
+    return {}
+
+
+def _found(kind: str, name: str) -> Path:
+    path = paths.find_model(kind, name)
+    if path is None:
+        raise FileNotFoundError(paths.missing_model_hint(kind)(name))
+    return path
+
+
+def _fingerprint(kind: str, *names: str) -> str:
+    return "|".join([*(model_file_identity(_found(kind, n)) for n in names), devices.POLICY.describe()])
+
+
+WEIGHT_DTYPES = ["default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"]
+CLIP_LOADER_TYPES = ["stable_diffusion", "stable_cascade", "sd3", "stable_audio", "mochi", "ltxv", "pixart", "cosmos",
+                     "lumina2", "wan", "hidream", "chroma", "ace", "omnigen2", "qwen_image", "hunyuan_image"]
+DUAL_CLIP_TYPES = ["sdxl", "sd3", "flux", "hunyuan_video", "hidream", "hunyuan_image"]
+CLIP_DEVICES = ["default", "cpu"]
+
+
+class UNETLoader(Node):
+    type = "UNETLoader"
+    model_files: ClassVar[dict[str, str]] = {"unet_name": "diffusion_models"}  # read by nodes.manifest
+    display_name = "Load Diffusion Model"
+    category = "advanced/loaders"
+    description = "Loads a diffusion model (UNet) file of SD1.x, SD2.x, SDXL or the SDXL refiner on its own."
+    cache_pool = "models"
+    determinism = Determinism.VOLATILE
+    inputs = (Input("unet_name", "COMBO", options=lambda: paths.list_models("diffusion_models"),
+                    missing_hint=paths.missing_model_hint("diffusion_models")),
+              Input("weight_dtype", "COMBO", options=WEIGHT_DTYPES))
+    outputs = (Output("MODEL"),)
+
+    @classmethod
+    def fingerprint(cls, unet_name: str, weight_dtype: str) -> str:
+        return _fingerprint("diffusion_models", unet_name)
+
+    @classmethod
+    def check(cls, unet_name: str, weight_dtype: str) -> dict[str, str]:
+        if weight_dtype != "default":
+            return {"weight_dtype": f"{weight_dtype} weights are not supported; use default "
+                                    "(the device policy's dtype, --precision)"}
+        return _check_file("unet_name", "diffusion_models", unet_name, "detect_diffusion_model")
+
+    def run(self, ctx: Any, unet_name: str, weight_dtype: str) -> tuple[Any, ...]:
+        return (models.load_diffusion_model(_found("diffusion_models", unet_name)),)
+
+
+class CLIPLoader(Node):
+    type = "CLIPLoader"
+    model_files: ClassVar[dict[str, str]] = {"clip_name": "text_encoders"}  # read by nodes.manifest
+    display_name = "Load CLIP"
+    category = "advanced/loaders"
+    description = "Loads a text encoder file: type stable_diffusion takes CLIP-L (SD1.x) or OpenCLIP-H (SD2.x)."
+    cache_pool = "models"
+    determinism = Determinism.VOLATILE
+    inputs = (Input("clip_name", "COMBO", options=lambda: paths.list_models("text_encoders"),
+                    missing_hint=paths.missing_model_hint("text_encoders")),
+              Input("type", "COMBO", options=CLIP_LOADER_TYPES),
+              Input("device", "COMBO", options=CLIP_DEVICES, optional=True))
+    outputs = (Output("CLIP"),)
+
+    @classmethod
+    def fingerprint(cls, clip_name: str, **_: Any) -> str:
+        return _fingerprint("text_encoders", clip_name)
+
+    @classmethod
+    def check(cls, clip_name: str, type: str, device: str = "default") -> dict[str, str]:
+        if type not in models.CLIP_TYPES:
+            return {"type": f"CLIP type {type!r} is not supported (Sumi loads: stable_diffusion)"}
+        return _check_file("clip_name", "text_encoders", clip_name, "detect_text_encoder")
+
+    def run(self, ctx: Any, clip_name: str, type: str, device: str = "default") -> tuple[Any, ...]:
+        return (models.load_text_encoders([_found("text_encoders", clip_name)], type),)
+
+
+class DualCLIPLoader(Node):
+    type = "DualCLIPLoader"
+    model_files: ClassVar[dict[str, str]] = {"clip_name1": "text_encoders", "clip_name2": "text_encoders"}
+    category = "advanced/loaders"
+    description = "Loads two text encoder files: type sdxl takes CLIP-L and OpenCLIP-bigG."
+    cache_pool = "models"
+    determinism = Determinism.VOLATILE
+    inputs = (Input("clip_name1", "COMBO", options=lambda: paths.list_models("text_encoders"),
+                    missing_hint=paths.missing_model_hint("text_encoders")),
+              Input("clip_name2", "COMBO", options=lambda: paths.list_models("text_encoders"),
+                    missing_hint=paths.missing_model_hint("text_encoders")),
+              Input("type", "COMBO", options=DUAL_CLIP_TYPES),
+              Input("device", "COMBO", options=CLIP_DEVICES, optional=True))
+    outputs = (Output("CLIP"),)
+
+    @classmethod
+    def fingerprint(cls, clip_name1: str, clip_name2: str, **_: Any) -> str:
+        return _fingerprint("text_encoders", clip_name1, clip_name2)
+
+    @classmethod
+    def check(cls, clip_name1: str, clip_name2: str, type: str, device: str = "default") -> dict[str, str]:
+        if type not in models.CLIP_TYPES:
+            return {"type": f"CLIP type {type!r} is not supported (Sumi loads: sdxl)"}
+        out = {}
+        for field, name in (("clip_name1", clip_name1), ("clip_name2", clip_name2)):
+            out |= _check_file(field, "text_encoders", name, "detect_text_encoder")
+        return out
+
+    def run(self, ctx: Any, clip_name1: str, clip_name2: str, type: str,
+            device: str = "default") -> tuple[Any, ...]:
+        files = [_found("text_encoders", clip_name1), _found("text_encoders", clip_name2)]
+        return (models.load_text_encoders(files, type),)
+
+
+class VAELoader(Node):
+    type = "VAELoader"
+    model_files: ClassVar[dict[str, str]] = {"vae_name": "vae"}  # read by nodes.manifest
+    display_name = "Load VAE"
+    category = "loaders"
+    cache_pool = "models"
+    determinism = Determinism.VOLATILE
+    inputs = (Input("vae_name", "COMBO", options=lambda: paths.list_models("vae"),
+                    missing_hint=paths.missing_model_hint("vae")),)
+    outputs = (Output("VAE"),)
+
+    @classmethod
+    def fingerprint(cls, vae_name: str) -> str:
+        return _fingerprint("vae", vae_name)
+
+    @classmethod
+    def check(cls, vae_name: str) -> dict[str, str]:
+        return _check_file("vae_name", "vae", vae_name, "detect_vae")
+
+    def run(self, ctx: Any, vae_name: str) -> tuple[Any, ...]:
+        return (models.load_vae(_found("vae", vae_name)),)
+
+
+class ControlNetLoader(Node):
+    type = "ControlNetLoader"
+    model_files: ClassVar[dict[str, str]] = {"control_net_name": "controlnet"}  # read by nodes.manifest
+    display_name = "Load ControlNet Model"
+    category = "loaders"
+    description = "Loads an original single-file ControlNet (control_model.*) for SD1.x, SD2.x or SDXL."
+    cache_pool = "models"
+    determinism = Determinism.VOLATILE
+    inputs = (Input("control_net_name", "COMBO",
+                    options=lambda: sorted({*paths.list_models("controlnet"), *models.TINY_CONTROLNETS}),
+                    missing_hint=paths.missing_model_hint("controlnet")),)
+    outputs = (Output("CONTROL_NET"),)
+
+    @classmethod
+    def fingerprint(cls, control_net_name: str) -> str:
+        if paths.find_model("controlnet", control_net_name) is None and control_net_name in models.TINY_CONTROLNETS:
+            return f"tiny:{control_net_name}|{devices.POLICY.describe()}"
+        return _fingerprint("controlnet", control_net_name)
+
+    @classmethod
+    def check(cls, control_net_name: str) -> dict[str, str]:
+        path = paths.find_model("controlnet", control_net_name)
+        if path is None or path.suffix.lower() != ".safetensors" or not os.access(path, os.R_OK):
+            return {}
+        from .diffusion.controlnet import detect_controlnet
+        from .diffusion.reading import CheckpointError, open_checkpoint
+
+        try:
+            with open_checkpoint(path) as opened:
+                detect_controlnet(opened.meta)
+        except CheckpointError as e:
+            e.path = control_net_name
+            return {"control_net_name": str(e)}
+        return {}
+
+    def run(self, ctx: Any, control_net_name: str) -> tuple[Any, ...]:
+        from .diffusion.controlnet import ControlNet, load_controlnet
+
+        policy = devices.POLICY
+        path = paths.find_model("controlnet", control_net_name)
+        if path is None and control_net_name in models.TINY_CONTROLNETS:
+            path = models.ensure_tiny_controlnet(control_net_name)
+        family, net = load_controlnet(path or _found("controlnet", control_net_name), policy.device,
+                                      policy.unet_dtype())
+        return (ControlNet(net, family, policy.device, policy.unet_dtype()),)
+
+
+NODES = (CheckpointLoaderSimple, LoraLoader, LoraLoaderModelOnly, UNETLoader, CLIPLoader, DualCLIPLoader, VAELoader,
+         ControlNetLoader)

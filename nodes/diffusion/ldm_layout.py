@@ -1,4 +1,4 @@
-"""Tensor names of SD1.x single-file checkpoints (the original LDM layout) and diffusers/transformers modules.
+"""Tensor names of single-file checkpoints (the original LDM/SGM layout) and diffusers/transformers modules.
 
 One rule per component maps a diffusers `UNet2DConditionModel` / `AutoencoderKL` key or a transformers
 `CLIPTextModel` key to its LDM name; the inverse is that rule applied to a module's own keys and turned
@@ -19,13 +19,13 @@ VAE_PREFIX = "first_stage_model."
 TEXT_PREFIX = "cond_stage_model.transformer.text_model."
 POSITION_IDS = TEXT_PREFIX + "embeddings.position_ids"
 
-COMPONENTS = ("unet", "vae", "text_encoder")
 
 # diffusers ResnetBlock2D parameter -> LDM ResBlock parameter (UNet)
 _UNET_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
                 "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
 _UNET_FIXED = {"conv_in": "input_blocks.0.0", "time_embedding.linear_1": "time_embed.0",
-               "time_embedding.linear_2": "time_embed.2", "conv_norm_out": "out.0", "conv_out": "out.2"}
+               "time_embedding.linear_2": "time_embed.2", "conv_norm_out": "out.0", "conv_out": "out.2",
+               "add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2"}  # SDXL ADM
 # diffusers VAE attention -> LDM AttnBlock (1x1 convs in LDM, Linear in diffusers)
 _VAE_ATTN = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
 _VAE_ATTN_MATRIX = re.compile(r"\.mid\.attn_1\.(q|k|v|proj_out)\.weight$")
@@ -108,9 +108,60 @@ def vae_key(key: str, config: Mapping[str, Any]) -> str:
     raise KeyError(f"no SD1.x LDM name for VAE key {key!r}")
 
 
-def text_key(key: str) -> str:
+def text_key(key: str, prefix: str = TEXT_PREFIX) -> str:
     """LDM name of one CLIPTextModel key (transformers 5 drops the `text_model.` level; 4 keeps it)."""
-    return TEXT_PREFIX + key.removeprefix("text_model.")
+    return prefix + key.removeprefix("text_model.")
+
+
+# OpenCLIP text tower (SD2's ViT-H, SDXL's bigG) <- transformers CLIPTextModelWithProjection
+_OC_LAYER = re.compile(r"^text_model\.encoder\.layers\.(\d+)\.(.+)\.(weight|bias)$")
+_OC_PARTS = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj",
+             "self_attn.out_proj": "attn.out_proj"}
+_OC_QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+_OC_FIXED = {"text_model.embeddings.token_embedding.weight": "token_embedding.weight",
+             "text_model.embeddings.position_embedding.weight": "positional_embedding",
+             "text_model.final_layer_norm.weight": "ln_final.weight",
+             "text_model.final_layer_norm.bias": "ln_final.bias"}
+
+Op = tuple[Any, ...]  # () as is; ("chunk", i, n): part i of n along dim 0; ("T",): transposed
+
+
+def openclip_key(key: str, prefix: str) -> tuple[str, Op]:
+    """(LDM name, op) of one CLIPTextModelWithProjection key in an OpenCLIP text tower under `prefix`.
+
+    OpenCLIP keeps q, k and v in one `in_proj` tensor (thirds along dim 0) and its projection as the
+    transposed matrix (x @ P), as diffusers' SDXL conversion script writes it."""
+    if key in _OC_FIXED:
+        return prefix + _OC_FIXED[key], ()
+    if key == "text_projection.weight":
+        return prefix + "text_projection", ("T",)
+    if m := _OC_LAYER.match(key):
+        i, part, p = m.groups()
+        where = f"{prefix}transformer.resblocks.{i}."
+        if part in _OC_QKV:
+            return f"{where}attn.in_proj_{p}", ("chunk", _OC_QKV.index(part), 3)
+        if part in _OC_PARTS:
+            return f"{where}{_OC_PARTS[part]}.{p}", ()
+    raise KeyError(f"no OpenCLIP name for text encoder key {key!r}")
+
+
+def component_key(kind: str, key: str, arg: Any) -> tuple[str, Op]:
+    """(LDM name, op) of one module key; `kind` is unet | vae | clip | openclip | hf, `arg` the module's diffusers
+    config (unet, vae) or the text encoder's prefix in the file (clip, openclip)."""
+    if kind == "unet":
+        return unet_key(key, arg), ()
+    if kind == "vae":
+        return vae_key(key, arg), ()
+    if kind == "clip":
+        return text_key(key, arg), ()
+    if kind == "openclip":
+        return openclip_key(key, arg)
+    if kind == "hf":  # a transformers-layout file of the same module (split text-encoder files)
+        return arg + key, ()
+    raise ValueError(f"unknown component kind {kind!r}")
+
+
+Specs = Mapping[str, tuple[str, Any]]  # component -> (kind, config or prefix)
 
 
 def is_vae_attention_matrix(ldm_name: str) -> bool:
@@ -118,59 +169,65 @@ def is_vae_attention_matrix(ldm_name: str) -> bool:
     return ldm_name.startswith(VAE_PREFIX) and bool(_VAE_ATTN_MATRIX.search(ldm_name))
 
 
-def ldm_names(unet_keys: Iterable[str], vae_keys: Iterable[str], text_keys: Iterable[str],
-              unet_config: Mapping[str, Any], vae_config: Mapping[str, Any]) -> dict[str, tuple[str, str]]:
-    """{LDM name: (component, module key)} for every key of the three modules; position_ids excluded."""
-    out: dict[str, tuple[str, str]] = {}
-    for comp, keys, rule in (("unet", unet_keys, lambda k: unet_key(k, unet_config)),
-                             ("vae", vae_keys, lambda k: vae_key(k, vae_config)),
-                             ("text_encoder", text_keys, text_key)):
-        for key in keys:
-            name = rule(key)
-            if name in out:
+def ldm_names(keys: Mapping[str, Iterable[str]], specs: Specs) -> dict[str, list[tuple[str, str, Op]]]:
+    """{LDM name: [(component, module key, op), ...]} for every key of the modules; position_ids excluded."""
+    out: dict[str, list[tuple[str, str, Op]]] = {}
+    for comp, comp_keys in keys.items():
+        kind, arg = specs[comp]
+        for key in comp_keys:
+            if key.endswith("position_ids"):
+                continue
+            name, op = component_key(kind, key, arg)
+            if name in out and not (op and op[0] == "chunk" and all(o and o[0] == "chunk" for *_, o in out[name])):
                 raise ValueError(f"{comp} key {key!r} and {out[name]} both map to {name!r}")
-            out[name] = (comp, key)
+            out.setdefault(name, []).append((comp, key, op))
     return out
 
 
-def to_ldm(unet_sd: Mapping[str, torch.Tensor], vae_sd: Mapping[str, torch.Tensor],
-           text_sd: Mapping[str, torch.Tensor], unet_config: Mapping[str, Any],
-           vae_config: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """Module state dicts -> one SD1.x single-file state dict (without the DDPM buffers).
+def _apply(t: torch.Tensor, op: Op) -> torch.Tensor:
+    if not op:
+        return t
+    if op[0] == "chunk":
+        return t.chunk(op[2], dim=0)[op[1]]
+    return t.T  # ("T",)
 
-    Adds `embeddings.position_ids` (int64 0..n-1, shape [1, n]): SD1.x files carry it, while
-    transformers keeps it as a non-persistent buffer.
-    """
-    sds = {"unet": unet_sd, "vae": vae_sd, "text_encoder": text_sd}
-    names = ldm_names(unet_sd, vae_sd, text_sd, unet_config, vae_config)
+
+def to_ldm(module_sds: Mapping[str, Mapping[str, torch.Tensor]], specs: Specs) -> dict[str, torch.Tensor]:
+    """Module state dicts -> one single-file state dict (without the DDPM buffers or position ids)."""
+    names = ldm_names(module_sds, specs)
     out: dict[str, torch.Tensor] = {}
-    for name, (comp, key) in names.items():
-        t = sds[comp][key]
+    for name, parts in names.items():
+        if len(parts) > 1:  # q, k, v stacked back into one in_proj tensor, in chunk order
+            parts = sorted(parts, key=lambda p: p[2][1])
+            out[name] = torch.cat([module_sds[c][k] for c, k, _ in parts])
+            continue
+        comp, key, op = parts[0]
+        t = module_sds[comp][key]
+        t = t.T if op == ("T",) else t
         out[name] = t.reshape(*t.shape, 1, 1) if is_vae_attention_matrix(name) and t.ndim == 2 else t
-    positions = out[TEXT_PREFIX + "embeddings.position_embedding.weight"]
-    out[POSITION_IDS] = torch.arange(positions.shape[0], dtype=torch.int64, device=positions.device)[None]
     return out
 
 
-def from_ldm(ldm: Mapping[str, torch.Tensor], templates: Mapping[str, Mapping[str, torch.Tensor]],
-             unet_config: Mapping[str, Any], vae_config: Mapping[str, Any],
+def from_ldm(ldm: Mapping[str, torch.Tensor], templates: Mapping[str, Mapping[str, torch.Tensor]], specs: Specs,
              convert: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> dict[str, dict[str, torch.Tensor]]:
-    """One SD1.x single-file state dict -> {component: module state dict}.
+    """One single-file state dict -> {component: module state dict}.
 
     `templates` are the modules' own state dicts (meta tensors do): they name the keys to fill and give
     each tensor's shape. `ldm` may be lazy; each tensor is read once and passed through `convert`
     (e.g. a dtype cast) before the next is read. Keys the modules do not use are never read.
     """
-    names = ldm_names(templates["unet"], templates["vae"], templates["text_encoder"], unet_config, vae_config)
+    names = ldm_names(templates, specs)
     missing = [n for n in names if n not in ldm]
     if missing:
         raise KeyError(f"{len(missing)} tensors missing, e.g. {missing[:3]}")
-    out: dict[str, dict[str, torch.Tensor]] = {c: {} for c in COMPONENTS}
-    for name, (comp, key) in names.items():
-        t, shape = ldm[name], templates[comp][key].shape
-        if t.shape != shape:
-            if t.numel() != shape.numel() or not is_vae_attention_matrix(name):
-                raise ValueError(f"{name}: shape {tuple(t.shape)} in the file, {tuple(shape)} expected")
-            t = t.reshape(shape)
-        out[comp][key] = convert(t)
+    out: dict[str, dict[str, torch.Tensor]] = {c: {} for c in templates}
+    for name, parts in names.items():
+        whole = ldm[name]
+        for comp, key, op in parts:
+            t, shape = _apply(whole, op), templates[comp][key].shape
+            if t.shape != shape:
+                if t.numel() != shape.numel() or not is_vae_attention_matrix(name):
+                    raise ValueError(f"{name}: shape {tuple(whole.shape)} in the file does not give {tuple(shape)}")
+                t = t.reshape(shape)
+            out[comp][key] = convert(t.contiguous() if op else t)
     return out

@@ -9,13 +9,17 @@ is tokenized on its own, and the tokens are packed into chunks of start + 75 + e
 word of 8 or more tokens may be split across chunks; a shorter word that does not fit moves whole
 to the next chunk.
 
-Not handled yet: `embedding:name` textual-inversion references are tokenized as plain text.
+Textual inversion: `embedding:name` (see `tokenize_with_weights`) when the caller gives an embedding lookup.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 
+import torch
 from transformers import PreTrainedTokenizerBase
+
+log = logging.getLogger("sumi.prompt")
 
 EMPHASIS = 1.1
 CHUNK_LENGTH = 77
@@ -23,7 +27,7 @@ LONG_WORD = 8  # a word with at least this many tokens may be split across chunk
 # Private-use characters stand in for escaped parentheses while the structure is parsed.
 _LITERAL_OPEN, _LITERAL_CLOSE = "\ue000", "\ue001"
 
-TokenWeights = list[tuple[int, float]]
+TokenWeights = list[tuple[int | torch.Tensor, float]]  # a tensor: an embedding vector
 
 
 def _protect_escapes(text: str) -> str:
@@ -110,20 +114,50 @@ def _pack_chunks(words: Sequence[TokenWeights], start: int, end: int, pad: int) 
     return [[(start, 1.0), *b, (end, 1.0)] + [(pad, 1.0)] * (room - len(b)) for b in chunks]
 
 
-def tokenize_with_weights(tokenizer: PreTrainedTokenizerBase, text: str) -> list[TokenWeights]:
+EMBEDDING_PREFIX = "embedding:"
+EmbeddingLookup = Callable[[str], "torch.Tensor | None"]
+
+
+def _embedding_word(word: str, lookup: EmbeddingLookup) -> tuple[torch.Tensor | None, str]:
+    """(vectors [n, D] or None, leftover text): `embedding:name` with trailing commas kept as text, as ComfyUI."""
+    name = word[len(EMBEDDING_PREFIX):]
+    vectors = lookup(name)
+    if vectors is None:
+        stripped = name.rstrip(",")
+        if stripped != name:
+            vectors = lookup(stripped)
+            if vectors is not None:
+                return vectors, name[len(stripped):]
+        log.warning("embedding %r not found or not for this text encoder: read as text", name)
+        return None, word
+    return vectors, ""
+
+
+def tokenize_with_weights(tokenizer: PreTrainedTokenizerBase, text: str, pad: int | None = None,
+                          embeddings: EmbeddingLookup | None = None) -> list[TokenWeights]:
     """ComfyUI's chunks for a prompt: a list of 77 (token id, weight) pairs per chunk.
 
     Start, end and padding tokens weigh 1.0. The empty prompt gives one chunk (start, end, padding).
+    `pad` overrides the padding id (SD2's and SDXL's OpenCLIP encoders pad with 0). With `embeddings`, a word
+    `embedding:name` becomes that textual-inversion embedding's vectors, one token slot each (the token is the
+    vector itself, a tensor, instead of an id), weighted as the words around it.
     """
-    words: list[str] = []
-    weights: list[float] = []
+    items: list[tuple[str | torch.Tensor, float]] = []  # words (tokenized below, in one batch) and embeddings
     for segment, weight in parse_prompt_weights(text):
         for word in segment.replace("\n", " ").split(" "):
-            if word:
-                words.append(word)
-                weights.append(weight)
-    ids = tokenizer(words, add_special_tokens=False, verbose=False)["input_ids"] if words else []
-    tokens = [[(t, w) for t in word_ids] for word_ids, w in zip(ids, weights, strict=True)]
+            if not word:
+                continue
+            if embeddings is not None and word.startswith(EMBEDDING_PREFIX):
+                vectors, word = _embedding_word(word, embeddings)
+                if vectors is not None:
+                    items.append((vectors if vectors.ndim > 1 else vectors[None], weight))
+                if not word:
+                    continue
+            items.append((word, weight))
+    words = [w for w, _ in items if isinstance(w, str)]
+    ids = iter(tokenizer(words, add_special_tokens=False, verbose=False)["input_ids"] if words else [])
+    tokens = [[(t, weight) for t in (next(ids) if isinstance(item, str) else item)] for item, weight in items]
     end = tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end
+    if pad is None:
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end
     return _pack_chunks(tokens, tokenizer.bos_token_id, end, pad)

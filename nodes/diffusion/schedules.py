@@ -63,9 +63,8 @@ def sgm_uniform(model_sampling: ModelSamplingDiscrete, steps: int) -> torch.Tens
     return _uniform_timesteps(model_sampling, steps, sgm=True)
 
 
-def karras(model_sampling: ModelSamplingDiscrete, steps: int, rho: float = 7.0) -> torch.Tensor:
-    """Karras et al. 2022 ("Elucidating the Design Space...", eq. 5): sigma^(1/rho) linear in the step, rho 7."""
-    sigma_min, sigma_max = float(model_sampling.sigma_min), float(model_sampling.sigma_max)
+def karras_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> torch.Tensor:
+    """Karras et al. 2022 ("Elucidating the Design Space...", eq. 5): sigma^(1/rho) linear in the step, then 0."""
     ramp = torch.linspace(0, 1, steps)
     min_inv_rho = sigma_min ** (1 / rho)
     max_inv_rho = sigma_max ** (1 / rho)
@@ -74,10 +73,19 @@ def karras(model_sampling: ModelSamplingDiscrete, steps: int, rho: float = 7.0) 
     return _append_zero(sigmas)
 
 
-def exponential(model_sampling: ModelSamplingDiscrete, steps: int) -> torch.Tensor:
+def karras(model_sampling: ModelSamplingDiscrete, steps: int, rho: float = 7.0) -> torch.Tensor:
+    """Karras sigmas over the model's own sigma range, rho 7."""
+    return karras_sigmas(steps, float(model_sampling.sigma_min), float(model_sampling.sigma_max), rho)
+
+
+def exponential_sigmas(steps: int, sigma_min: float, sigma_max: float) -> torch.Tensor:
     """Sigmas evenly spaced in log sigma from sigma_max to sigma_min, then 0 (k-diffusion's exponential)."""
-    sigma_min, sigma_max = float(model_sampling.sigma_min), float(model_sampling.sigma_max)
     return _append_zero(torch.linspace(math.log(sigma_max), math.log(sigma_min), steps).exp())
+
+
+def exponential(model_sampling: ModelSamplingDiscrete, steps: int) -> torch.Tensor:
+    """Exponential sigmas over the model's own sigma range."""
+    return exponential_sigmas(steps, float(model_sampling.sigma_min), float(model_sampling.sigma_max))
 
 
 def ddim_uniform(model_sampling: ModelSamplingDiscrete, steps: int) -> torch.Tensor:

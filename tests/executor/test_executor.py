@@ -406,3 +406,21 @@ def test_object_info_declares_list_outputs() -> None:
 
     info = Batch.object_info()
     assert info["output_is_list"] == [True, False] and info["output_name"] == ["items", "count"]
+
+
+def test_cache_counts_storage_shared_with_another_entry_once() -> None:
+    """A view over cached weights (a LoRA'd model sharing its base's tensors) costs only its own tensors."""
+    cache = Cache(outputs_budget=10 * 2**20, models_budget=10 * 2**20)
+    base = torch.nn.Linear(512, 1024)  # 2 MiB of weights
+    cache.put("base", (base,), None, "models")
+
+    class View:
+        def __init__(self, module: torch.nn.Module) -> None:
+            self.module, self.extra = module, torch.zeros(1024)  # shares the weights, adds 4 KiB
+
+    cache.put("view1", (View(base),), None, "models")
+    cache.put("view2", (View(base),), None, "outputs")
+    stats = cache.stats()
+    weights = sum(p.numel() * 4 for p in base.parameters())
+    assert stats["models"]["bytes"] == weights + 4096 and stats["outputs"]["bytes"] == 4096
+    assert all(k in cache for k in ("base", "view1", "view2"))

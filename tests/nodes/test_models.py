@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from executor import hostmem
+import hostmem
 from nodes import models
 from nodes.diffusion.checkpoint import load_checkpoint
 

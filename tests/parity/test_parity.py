@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 REF = Path(__file__).parent / "reference"
 CASES = json.loads((REF / "manifest.json").read_text())
 # Long-chain or stochastic cases get the README's looser latent bound (1e-4 × max|ref|).
+REFERENCE_SHA256 = "dd2116b6aa05a4289800031c66d179dd75bd8ed8da8540c0fc80d3bb4d9f355c"  # reference README
 LOOSE = {"txt2img_euler_ancestral_normal", "txt2img_dpmpp_2m_sde_karras", "hiresfix_euler_normal"}
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(os.environ.get("SUMI_SKIP_SLOW") == "1",
@@ -34,13 +35,13 @@ def cache_dir() -> Path:
 def executor(tmp_path_factory: pytest.TempPathFactory) -> Any:
     from executor.runner import Executor
     from nodes import build_registry, devices, paths
-    from nodes.diffusion.checkpoint import REFERENCE_SHA256, write_reference_checkpoint
+    from nodes.diffusion.fixtures import write_reference_checkpoint
 
     ckpt = cache_dir() / "reference_sd15.safetensors"
     if not ckpt.exists():
         ckpt.parent.mkdir(parents=True, exist_ok=True)
         tmp = ckpt.with_suffix(".partial")
-        assert write_reference_checkpoint(tmp) == REFERENCE_SHA256
+        assert write_reference_checkpoint(tmp, REF / "sd15_layout.json") == REFERENCE_SHA256
         tmp.replace(ckpt)
     base = tmp_path_factory.mktemp("parity")
     (base / "models" / "checkpoints").mkdir(parents=True)

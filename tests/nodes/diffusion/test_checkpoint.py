@@ -18,11 +18,16 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from nodes.diffusion import checkpoint as C
+from nodes.diffusion import detect as D
+from nodes.diffusion import fixtures as F
 from nodes.diffusion import ldm_layout as L
+from nodes.diffusion import reading as R
+from nodes.diffusion.prefetch import Prefetch
 
 REFERENCE = Path(__file__).resolve().parents[2] / "parity" / "reference"
 LAYOUT = json.loads((REFERENCE / "sd15_layout.json").read_text())["tensors"]
 DTYPES = {"F16": torch.float16, "I64": torch.int64}
+REFERENCE_SHA256 = "dd2116b6aa05a4289800031c66d179dd75bd8ed8da8540c0fc80d3bb4d9f355c"  # reference README
 
 
 def _meta_layout() -> dict[str, torch.Tensor]:
@@ -31,12 +36,12 @@ def _meta_layout() -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return C.build_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "tiny.safetensors")
+    return F.build_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "tiny.safetensors")
 
 
 @pytest.fixture(scope="module")
 def tiny_sd(tiny: Path) -> dict[str, torch.Tensor]:
-    return C.read_state_dict(tiny)
+    return R.read_state_dict(tiny)
 
 
 def _save(tmp_path: Path, sd: dict[str, torch.Tensor], name: str = "x.safetensors") -> Path:
@@ -45,8 +50,8 @@ def _save(tmp_path: Path, sd: dict[str, torch.Tensor], name: str = "x.safetensor
     return path
 
 
-def _refused(path: Path) -> C.CheckpointError:
-    with pytest.raises(C.CheckpointError) as info:
+def _refused(path: Path) -> R.CheckpointError:
+    with pytest.raises(R.CheckpointError) as info:
         C.load_checkpoint(path)
     return info.value
 
@@ -55,20 +60,20 @@ def _refused(path: Path) -> C.CheckpointError:
 
 
 def test_to_ldm_of_full_size_modules_is_the_sd15_layout() -> None:
-    cfg = {p: C.shipped_config("sd15", p) for p in ("unet", "vae", "text_encoder")}
-    unet, vae, text = C.build_modules(cfg["unet"], cfg["vae"], cfg["text_encoder"])
-    out = L.to_ldm(unet.state_dict(), vae.state_dict(), text.state_dict(), cfg["unet"], cfg["vae"])
-    assert {n: list(t.shape) for n, t in out.items()} == {n: s for n, s, _ in LAYOUT}
-    assert out[L.POSITION_IDS].dtype == torch.int64
+    info = D.detect(_meta_layout())
+    out = F.family_layout(info)
+    assert {n: s for n, (s, _) in out.items()} == {n: s for n, s, _ in LAYOUT}
+    assert out[L.POSITION_IDS][1] == torch.int64
 
 
 def test_full_sd15_layout_detects_as_sd15_with_the_shipped_configs() -> None:
-    sd = _meta_layout() | {k: v.to("meta") for k, v in C.ddpm_buffers().items()}
-    info = C.detect(sd)
+    sd = _meta_layout() | {k: v.to("meta") for k, v in F.ddpm_buffers().items()}
+    info = D.detect(sd)
     assert info.family == "sd15"
-    for part, got in (("unet", info.unet_config), ("vae", info.vae_config), ("text_encoder", info.text_config)):
-        assert got == C.shipped_config("sd15", part), part
-    assert info.text_config["num_attention_heads"] == 12
+    text_config = info.text["clip_l"].config
+    for part, got in (("unet", info.unet_config), ("vae", info.vae_config), ("text_encoder", text_config)):
+        assert got == D.shipped_config("sd15", part), part
+    assert text_config["num_attention_heads"] == 12
     assert info.latent_scale == 0.18215
     assert info.schedule == {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
                              "num_train_timesteps": 1000, "prediction_type": "epsilon"}
@@ -77,14 +82,14 @@ def test_full_sd15_layout_detects_as_sd15_with_the_shipped_configs() -> None:
 
 
 def test_tiny_checkpoint_detects_as_sd15_with_its_builder_configs(tiny_sd: dict[str, torch.Tensor]) -> None:
-    info = C.detect(tiny_sd)
+    info = D.detect(tiny_sd)
     assert info.family == "sd15"
-    assert (info.unet_config, info.vae_config, info.text_config) == C.tiny_configs()
-    assert info.text_config["num_attention_heads"] == C.clip_heads(C.TINY_TEXT["hidden_size"])
+    assert (info.unet_config, info.vae_config, info.text["clip_l"].config) == F.tiny_configs()
+    assert info.text["clip_l"].config["num_attention_heads"] == D.clip_heads(F.TINY_TEXT["hidden_size"])
 
 
 def test_clip_head_rule() -> None:
-    assert [C.clip_heads(h) for h in (768, 1024, 1280, 32, 48)] == [12, 16, 20, 4, 6]
+    assert [D.clip_heads(h) for h in (768, 1024, 1280, 32, 48)] == [12, 16, 20, 4, 6]
 
 
 # ---------------------------------------------------------------- loading
@@ -93,14 +98,14 @@ def test_clip_head_rule() -> None:
 def test_tiny_round_trip_is_bit_exact(tiny: Path, tiny_sd: dict[str, torch.Tensor]) -> None:
     ck = C.load_checkpoint(tiny)
     assert ck.family == "sd15" and ck.latent_scale == 0.18215 and ck.path == tiny
-    assert (ck.unet_config, ck.vae_config, ck.text_config) == C.tiny_configs()
+    assert (ck.info.unet_config, ck.info.vae_config, ck.info.text["clip_l"].config) == F.tiny_configs()
     for module in (ck.unet, ck.vae, ck.text_encoder):
         assert not module.training
         assert all(p.dtype == torch.float32 and not p.requires_grad for p in module.parameters())
         assert not any(t.is_meta for t in list(module.parameters()) + list(module.buffers()))
-    out = L.to_ldm(ck.unet.state_dict(), ck.vae.state_dict(), ck.text_encoder.state_dict(),
-                   ck.unet_config, ck.vae_config)
-    assert set(tiny_sd) - set(out) == set(C.ddpm_buffers())
+    out = L.to_ldm({"unet": ck.unet.state_dict(), "vae": ck.vae.state_dict(),
+                    "clip_l": ck.text_encoder.state_dict()}, ck.info.specs())
+    assert set(tiny_sd) - set(out) == set(F.ddpm_buffers()) | {L.POSITION_IDS}
     for name, t in out.items():
         assert torch.equal(t.to(tiny_sd[name].dtype), tiny_sd[name]), name  # fp16 -> fp32 -> fp16 is lossless
 
@@ -115,8 +120,8 @@ def test_mapping_agrees_with_diffusers_converters(tiny: Path, tiny_sd: dict[str,
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
 
     ck = C.load_checkpoint(tiny, dtype=torch.float16)
-    for ref, module in ((convert_ldm_unet_checkpoint(tiny_sd, ck.unet_config), ck.unet),
-                        (convert_ldm_vae_checkpoint(tiny_sd, ck.vae_config), ck.vae)):
+    for ref, module in ((convert_ldm_unet_checkpoint(tiny_sd, ck.info.unet_config), ck.unet),
+                        (convert_ldm_vae_checkpoint(tiny_sd, ck.info.vae_config), ck.vae)):
         mine = module.state_dict()
         assert set(ref) == set(mine)
         assert all(torch.equal(ref[k].reshape(mine[k].shape), mine[k]) for k in mine)
@@ -164,7 +169,7 @@ def test_ckpt_loads_through_weights_only(tmp_path: Path, tiny_sd: dict[str, torc
         torch.save({"state_dict": tiny_sd, "global_step": 7}, path, _use_new_zipfile_serialization=not legacy)
         got = C.load_checkpoint(path).vae.state_dict()
         assert all(torch.equal(got[k], want[k]) for k in want), name
-    assert set(C.read_state_dict(tmp_path / "model.ckpt")) == set(tiny_sd)
+    assert set(R.read_state_dict(tmp_path / "model.ckpt")) == set(tiny_sd)
 
 
 class _Payload:
@@ -203,12 +208,12 @@ def test_safetensors_reader_matches_the_safetensors_library(tmp_path: Path) -> N
           "e.scalar": torch.tensor(1.5), "f.empty": torch.zeros(0, 4), "g.bool": torch.tensor([True, False])}
     path = tmp_path / "m.safetensors"
     save_file(sd, str(path), metadata={"format": "pt"})
-    got = C.read_state_dict(path)
+    got = R.read_state_dict(path)
     want = load_file(str(path))
     assert set(got) == set(sd)
     for k, t in want.items():
         assert got[k].dtype == t.dtype and got[k].shape == t.shape and torch.equal(got[k], t), k
-    with C._open(path) as source:  # a cast goes through the staging buffer, yet every result is its own
+    with R.open_checkpoint(path) as source:  # a cast goes through the staging buffer, yet every result is its own
         first, second = source.read("a.f16", dtype=torch.float32), source.read("c.f32", dtype=torch.float64)
         third = source.read("b.bf16", dtype=torch.float32)
     assert torch.equal(first, sd["a.f16"].float()) and torch.equal(second, sd["c.f32"].double())
@@ -238,31 +243,31 @@ def test_damaged_safetensors_headers_are_unreadable(tmp_path: Path) -> None:
     (tmp_path / "tiny.safetensors").write_bytes(b"\x01")
     cases["tiny"] = tmp_path / "tiny.safetensors"
     for what, path in cases.items():
-        with pytest.raises(C.CheckpointError) as info:
-            C.read_state_dict(path)
+        with pytest.raises(R.CheckpointError) as info:
+            R.read_state_dict(path)
         assert info.value.reason == "unreadable" and str(path) in str(info.value), what
 
 
 def test_a_file_cut_while_loading_fails_with_a_clear_error(tmp_path: Path, tiny: Path) -> None:
     path = tmp_path / "cut.safetensors"
     path.write_bytes(tiny.read_bytes())
-    with C._open(path) as source:
+    with R.open_checkpoint(path) as source:
         last = source.order()[-1]
         with open(path, "r+b") as f:  # another program truncates the file after its header was read
             f.truncate(path.stat().st_size - 8)
-        prefetch = C._Prefetch(source, source.order(), "cpu", torch.float32)
+        prefetch = Prefetch(source, source.order(), "cpu", torch.float32)
         try:
             assert prefetch[source.order()[0]].dtype == torch.float32
-            with pytest.raises(C.CheckpointError, match="ended inside a tensor"):
+            with pytest.raises(R.CheckpointError, match="ended inside a tensor"):
                 prefetch[last]
         finally:
             prefetch.close()
 
 
 def test_prefetch_hands_each_tensor_out_once_in_any_order(tiny: Path, tiny_sd: dict[str, torch.Tensor]) -> None:
-    with C._open(tiny) as source:
+    with R.open_checkpoint(tiny) as source:
         names = source.order()
-        prefetch = C._Prefetch(source, names, "cpu", torch.float32)
+        prefetch = Prefetch(source, names, "cpu", torch.float32)
         try:
             assert names[0] in prefetch and "no.such.tensor" not in prefetch
             for name in reversed(names):
@@ -282,13 +287,13 @@ def test_prefetch_hands_each_tensor_out_once_in_any_order(tiny: Path, tiny_sd: d
     ({"foo.weight": [3], "bar": [2, 2]}, "'bar'"),
     ({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": [4, 320], "lora_unet_x.alpha": []}, "LoRA"),
     ({"diffusion_model.input_blocks.1.1.proj_in.lora_A.weight": [4, 320]}, "LoRA"),
-    ({"conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight": [8, 8]}, "SDXL"),
-    ({"cond_stage_model.model.token_embedding.weight": [8, 8]}, "SD2"),
+    ({"control_model.input_hint_block.0.weight": [16, 3, 3, 3]}, "ControlNet"),
     ({"down_blocks.0.resnets.0.conv1.weight": [320, 320, 3, 3]}, "diffusers-layout"),
 ])
 def test_foreign_files_are_refused_by_name(tmp_path: Path, keys: dict[str, list[int]], found: str) -> None:
     err = _refused(_save(tmp_path, {k: torch.zeros(s) for k, s in keys.items()}))
-    assert err.reason == "unsupported" and found in err.detected and err.supported == ("sd15",)
+    assert err.reason == "unsupported" and found in err.detected
+    assert err.supported == ("sd15", "sd2", "sdxl", "sdxl_refiner")
 
 
 def _with(sd: dict[str, torch.Tensor], **changes: list[int]) -> dict[str, torch.Tensor]:
@@ -303,18 +308,17 @@ def test_other_unet_shapes_are_refused_with_what_was_found() -> None:
     sd = _meta_layout()
     cases = [
         ({"label_emb__0__0__weight": [1280, 2816]}, "adm 2816"),
-        ({"input_blocks__0__0__weight": [320, 9, 3, 3]}, "in 9"),
+        ({"input_blocks__0__0__weight": [320, 8, 3, 3]}, "in 8"),
         ({f"input_blocks__{i}__1__transformer_blocks__0__attn2__to_k__weight": [c, 1024]
-          for i, c in ((1, 320), (2, 320), (4, 640), (5, 640), (7, 1280), (8, 1280))}
-         | {"input_blocks__1__1__proj_in__weight": [320, 320]}, "linear True"),
+          for i, c in ((1, 320), (2, 320), (4, 640), (5, 640), (7, 1280), (8, 1280))}, "context_dim 1024"),
     ]
     for changes, found in cases:
-        with pytest.raises(C.CheckpointError) as info:
-            C.detect(_with(sd, **changes))
+        with pytest.raises(R.CheckpointError) as info:
+            D.detect(_with(sd, **changes))
         assert info.value.reason == "unsupported" and found in info.value.detected, found
     unet_only = {k: v for k, v in sd.items() if k.startswith(L.UNET_PREFIX)}
-    with pytest.raises(C.CheckpointError, match="without VAE and CLIP text encoder") as info:
-        C.detect(unet_only)
+    with pytest.raises(R.CheckpointError, match="without a known text encoder") as info:
+        D.detect(unet_only)
     assert "model_channels 320" in info.value.detected
 
 
@@ -323,11 +327,11 @@ def test_other_unet_shapes_are_refused_with_what_was_found() -> None:
 
 def test_tiny_checkpoint_is_deterministic_per_seed(tmp_path: Path, tiny: Path,
                                                    tiny_sd: dict[str, torch.Tensor]) -> None:
-    again = C.build_tiny_checkpoint(tmp_path / "again.safetensors")
-    other = C.build_tiny_checkpoint(tmp_path / "other.safetensors", seed=1)
+    again = F.build_tiny_checkpoint(tmp_path / "again.safetensors")
+    other = F.build_tiny_checkpoint(tmp_path / "other.safetensors", seed=1)
     assert again.read_bytes() == tiny.read_bytes()
     other_sd = load_file(other)
-    assert C.content_sha256(other_sd) != C.content_sha256(tiny_sd)
+    assert F.content_sha256(other_sd) != F.content_sha256(tiny_sd)
     name = L.UNET_PREFIX + "input_blocks.1.0.in_layers.2.weight"
     assert not torch.equal(other_sd[name], tiny_sd[name])
     assert torch.equal(other_sd[L.POSITION_IDS], tiny_sd[L.POSITION_IDS])
@@ -336,13 +340,13 @@ def test_tiny_checkpoint_is_deterministic_per_seed(tmp_path: Path, tiny: Path,
 
 def test_rule_tensor() -> None:
     name = "model.diffusion_model.input_blocks.0.0.weight"
-    w = C.rule_tensor(name, [320, 4, 3, 3])
-    g = torch.Generator().manual_seed(C.tensor_seed(name))
+    w = F.rule_tensor(name, [320, 4, 3, 3])
+    g = torch.Generator().manual_seed(F.tensor_seed(name))
     want = (torch.randn([320, 4, 3, 3], generator=g) / math.sqrt(3 * 36)).half()
     assert torch.equal(w, want)
-    assert torch.equal(C.rule_tensor("x.norm.weight", [4]), torch.ones(4, dtype=torch.float16))
-    assert C.rule_tensor("x.embeddings.position_ids", [1, 77], dtype=torch.int64).tolist() == [list(range(77))]
-    assert C.tensor_seed(name, 3) == (C.tensor_seed(name) + 3) % 2**63
+    assert torch.equal(F.rule_tensor("x.norm.weight", [4]), torch.ones(4, dtype=torch.float16))
+    assert F.rule_tensor("x.embeddings.position_ids", [1, 77], dtype=torch.int64).tolist() == [list(range(77))]
+    assert F.tensor_seed(name, 3) == (F.tensor_seed(name) + 3) % 2**63
 
 
 # ---------------------------------------------------------------- slow: the 2.1 GB reference checkpoint
@@ -354,7 +358,7 @@ skip_slow = pytest.mark.skipif(os.environ.get("SUMI_SKIP_SLOW") == "1",
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
     path = tmp_path_factory.mktemp("reference") / "reference_sd15.safetensors"
-    yield path, C.write_reference_checkpoint(path)
+    yield path, F.write_reference_checkpoint(path, REFERENCE / "sd15_layout.json")
     path.unlink()  # pytest keeps old temp dirs; 2.1 GB each would fill the disk
 
 
@@ -362,8 +366,8 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, 
 @skip_slow
 def test_reference_checkpoint_hash(reference: tuple[Path, str]) -> None:
     path, digest = reference
-    assert digest == C.REFERENCE_SHA256
-    assert len(C.read_state_dict(path)) == 1131 + 12
+    assert digest == REFERENCE_SHA256
+    assert len(R.read_state_dict(path)) == 1131 + 12
 
 
 @pytest.mark.slow

@@ -34,7 +34,8 @@ MS = ModelSamplingDiscrete()
 
 
 class FakeUNet:
-    """Implements the `ksample` model protocol; records every UNet call. eps = scale·x_in + context mean."""
+    """Implements the `ksample` model protocol (conds.ConditionedModel); records every UNet call.
+    eps = scale·x_in + context mean."""
 
     latent_scale = 0.18215
     device = torch.device("cpu")
@@ -44,6 +45,12 @@ class FakeUNet:
         self.model_sampling = MS
         self.eps_scale = eps_scale
         self.calls: list[dict] = []
+
+    def model_inputs(self, cond: torch.Tensor, extras: dict, noise_shape: list, prompt_type: str) -> dict:
+        return {"context": cond}
+
+    def apply_model(self, x_in: torch.Tensor, timestep: torch.Tensor, inputs: dict) -> torch.Tensor:
+        return self.apply_unet(x_in, timestep, inputs["context"])
 
     def apply_unet(self, x_in: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         self.calls.append({"t": timestep.tolist(), "batch": x_in.shape[0], "x_in": x_in.clone(), "ctx": context})

@@ -7,11 +7,14 @@ a two-chunk prompt, clip skip); (b) the vocabulary has 49,408 ids and ids on pun
 and emoji equal OpenAI's own tokenizer's (pinned); (c) ClipTextEncoder on the reference
 checkpoint's text encoder (rebuilt here from the parity README's rule) gives ComfyUI's cond and
 pooled outputs within the README's 1e-5, including weighting and layer -2. Also: word packing at
-chunk borders, the prompt parser's edge cases, and the tokenizer cache's first-use derivation.
+chunk borders, the prompt parser's edge cases, and that the shipped tokenizer files are exactly what OpenAI's
+BPE file gives (when the clip-anytorch wheel that carries it is installed).
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
+import importlib.util
 import json
 import math
 from pathlib import Path
@@ -21,10 +24,9 @@ import torch
 from safetensors.torch import load_file
 from transformers import CLIPTextModel
 
-from nodes.diffusion import tokenizer as tokenizer_module
 from nodes.diffusion.clip_encode import ClipTextEncoder, clip_l_config
 from nodes.diffusion.prompt import parse_prompt_weights, tokenize_with_weights
-from nodes.diffusion.tokenizer import INSTALL_HINT, ensure_tokenizer_files, load_clip_tokenizer
+from nodes.diffusion.tokenizer import END_TOKEN, MAX_LENGTH, START_TOKEN, TOKENIZER_DIR, load_clip_tokenizer
 
 REFERENCE = Path(__file__).resolve().parents[2] / "parity" / "reference"
 PROMPTS = json.loads((REFERENCE / "conditioning.json").read_text())
@@ -33,8 +35,8 @@ TOLERANCE = 1e-5  # parity README: conditioning max abs diff; calibration measur
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory: pytest.TempPathFactory):
-    return load_clip_tokenizer(tmp_path_factory.mktemp("cache"))
+def tokenizer():
+    return load_clip_tokenizer()
 
 
 def _ids_and_weights(chunks: list[list[tuple[int, float]]]) -> tuple[list[list[int]], list[list[float]]]:
@@ -121,24 +123,76 @@ def test_newlines_separate_words(tokenizer) -> None:
     assert tokenize_with_weights(tokenizer, "red\napple") == tokenize_with_weights(tokenizer, "red apple")
 
 
-# The tokenizer cache
+# The shipped tokenizer files
+
+BPE_FILENAME = "bpe_simple_vocab_16e6.txt.gz"
+NUM_MERGES = 48_894  # 49,408 ids - 512 byte tokens - 2 specials
+_PACKAGES_WITH_BPE = ("clip", "open_clip")  # both ship the same file next to their sources
 
 
-def test_cache_is_derived_once_and_reused(tmp_path: Path) -> None:
-    folder = ensure_tokenizer_files(tmp_path)
-    assert folder == tmp_path / "clip_tokenizer"
-    assert (folder / "vocab.json").stat().st_size == 961_143
-    assert (folder / "merges.txt").stat().st_size == 524_619
-    assert ensure_tokenizer_files(tmp_path) == folder
-    assert [p.name for p in tmp_path.iterdir()] == ["clip_tokenizer"]  # no staging folder left behind
+def find_bpe_file() -> Path:
+    """Locate the BPE file inside an installed package, without importing the package."""
+    for package in _PACKAGES_WITH_BPE:
+        spec = importlib.util.find_spec(package)
+        for folder in (spec.submodule_search_locations or []) if spec else []:
+            candidate = Path(folder) / BPE_FILENAME
+            if candidate.is_file():
+                return candidate
+    pytest.skip(f"{BPE_FILENAME} is not installed (clip-anytorch, --no-deps): shipped tokenizer files "
+                "not re-derived")
 
 
-def test_missing_bpe_file_says_how_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tokenizer_module.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(FileNotFoundError) as err:
-        ensure_tokenizer_files(tmp_path)
-    assert INSTALL_HINT in str(err.value)
-    assert not any(tmp_path.iterdir())
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP byte-level BPE alphabet: each byte gets a printable character.
+
+    Printable Latin-1 bytes map to themselves; the other 68 bytes map to chr(256 + n) in byte
+    order. Insertion order (printable first) is the order of the first 256 vocabulary ids.
+    """
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table = {b: chr(b) for b in printable}
+    others = [b for b in range(256) if b not in table]
+    table.update({b: chr(256 + n) for n, b in enumerate(others)})
+    return table
+
+
+def derive_tokenizer_files(bpe_path: Path) -> dict[str, str]:
+    """The text of each file transformers' CLIPTokenizer needs, derived from the BPE file."""
+    with gzip.open(bpe_path, "rt", encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    merges = [tuple(line.split()) for line in lines[1 : 1 + NUM_MERGES]]  # line 0 is a header
+    if len(merges) != NUM_MERGES or any(len(m) != 2 for m in merges):
+        raise ValueError(f"{bpe_path} is not the CLIP BPE file: expected {NUM_MERGES} merge pairs after the header")
+    alphabet = list(bytes_to_unicode().values())
+    tokens = [*alphabet, *(c + "</w>" for c in alphabet), *("".join(m) for m in merges), START_TOKEN, END_TOKEN]
+    vocab = {token: i for i, token in enumerate(tokens)}
+    specials = {"bos_token": START_TOKEN, "eos_token": END_TOKEN, "unk_token": END_TOKEN, "pad_token": END_TOKEN}
+    # Without model_max_length transformers assumes 1e30 and padding to 77 silently breaks.
+    config = {
+        "tokenizer_class": "CLIPTokenizer",
+        "model_max_length": MAX_LENGTH,
+        "do_lower_case": True,
+        "errors": "replace",
+        "add_prefix_space": False,
+        **specials,
+    }
+    return {
+        "vocab.json": json.dumps(vocab, ensure_ascii=False),
+        "merges.txt": "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges),
+        "tokenizer_config.json": json.dumps(config, indent=2),
+        "special_tokens_map.json": json.dumps(specials, indent=2),
+    }
+
+
+
+
+def test_shipped_files_are_the_derivation_of_openais_bpe_file() -> None:
+    for name, text in derive_tokenizer_files(find_bpe_file()).items():
+        assert (TOKENIZER_DIR / name).read_text(encoding="utf-8") == text, name
+
+
+def test_shipped_files_sizes() -> None:
+    assert (TOKENIZER_DIR / "vocab.json").stat().st_size == 961_143
+    assert (TOKENIZER_DIR / "merges.txt").stat().st_size == 524_619
 
 
 # (c) numbers: ComfyUI's CLIPTextEncode outputs

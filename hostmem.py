@@ -10,8 +10,16 @@ The mode is scoped, not process-wide: kept for a whole run it made the 512 px VA
 128 MiB buffers of different sizes) fragment the heap, so that process peaked at 7.0 GiB instead of 5.6;
 the decode now reuses the heap within each decoder stage and trims between stages (nodes/models.py).
 Inside `reuse_heap()` no allocation gets its own mapping and the heap is trimmed only past 1 GiB free; on
-leaving, glibc's defaults come back and the free heap is handed back to the kernel (`malloc_trim`).
-`SUMI_MALLOC_TUNING=0` turns it off; elsewhere than glibc it does nothing.
+leaving, the three parameters get glibc's documented default values back and the free heap is handed back to
+the kernel (`malloc_trim`). One thing does not come back: glibc raises its mmap threshold dynamically (towards
+32 MiB, following the sizes of freed mappings) only until a program sets any of these parameters; from the first
+block on, the threshold stays where it was then (128 KiB unless large blocks were freed before) for the rest of
+the process, so outside the blocks every allocation above it is a fresh mapping. That is glibc's behaviour
+before any large free, and the blocks cover the loops where it costs.
+`SUMI_MALLOC_TUNING=0` turns it all off (mallopt is never called); elsewhere than glibc it does nothing.
+
+Not diffusion code: a generic host-memory helper used by the diffusion nodes (sampling, VAE decode) and by the
+executor's /free handling (`trim`).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""glibc heap reuse (executor/hostmem.py): inside `reuse_heap` freed tensor memory is reused without new page
+"""glibc heap reuse (hostmem.py): inside `reuse_heap` freed tensor memory is reused without new page
 faults; on leaving, the memory goes back to the kernel; SUMI_MALLOC_TUNING=0 turns it off."""
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from executor import hostmem
+import hostmem
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 glibc_only = pytest.mark.skipif(hostmem._libc() is None,
                                 reason="mallopt/malloc_trim exist only in glibc: runs on Linux with glibc, as in CI")
 
@@ -20,7 +20,7 @@ glibc_only = pytest.mark.skipif(hostmem._libc() is None,
 # just after leaving the block.
 PROBE = """
 import resource
-from executor import hostmem
+import hostmem
 import torch
 
 def resident_mib():

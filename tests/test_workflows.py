@@ -1,0 +1,70 @@
+"""Every example workflow in workflows/ for the model families and samplers beyond SD1.x txt2img runs on Sumi's
+tiny models (built on first use, like the default one) and saves a real image: SD2 with forced v-prediction,
+SDXL base → refiner (CLIPTextEncodeSDXL / ...Refiner, KSamplerAdvanced hand-over), SDXL-Turbo style custom
+sampling, area composition, a kohya LoRA, a ControlNet, an inpainting model."""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from executor.runner import Executor
+from nodes import build_registry, models, paths
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def ex(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Executor]:
+    saved = paths.FOLDERS
+    paths.configure(tmp_path_factory.mktemp("workflows"))
+    yield Executor(build_registry())
+    paths.FOLDERS = saved
+
+
+@pytest.mark.parametrize(("workflow", "size", "families"), [
+    ("sd2_txt2img", (256, 256), {"4": "sd2"}),
+    ("sdxl_base_refiner", (256, 256), {"4": "sdxl", "12": "sdxl_refiner"}),
+    ("sdxl_turbo", (256, 256), {"4": "sdxl"}),
+    ("area_composition", (256, 384), {"4": "sd15"}),
+    ("lora", (256, 256), {"4": "sd15", "10": "sd15"}),
+    ("controlnet", (256, 256), {"4": "sd15", "11": "sd15"}),
+    ("inpaint", (256, 256), {"4": "sd15"}),
+])
+def test_example_workflow_runs_on_the_tiny_models(ex: Executor, workflow: str, size: tuple[int, int],
+                                                   families: dict[str, str]) -> None:
+    prompt = json.loads((REPO / "workflows" / f"{workflow}.json").read_text())
+    paths.ensure_example_inputs()
+    result = ex.run(prompt)
+    assert result.status == "success", result.error
+    for node, family in families.items():
+        assert result.values[node][0].family == family
+    (saved,) = result.outputs["9"]["images"]
+    image = np.asarray(Image.open(paths.FOLDERS.output / saved["subfolder"] / saved["filename"]))
+    assert image.shape == (*size, 3) and image.std() > 1.0  # a real picture, not a constant
+    if workflow == "inpaint":  # only the transparent hole (grown by 6 px) is repainted
+        from nodes.diffusion.sample import prepare_mask
+
+        out, given = result.values["3"][0]["samples"], result.values["11"][0]["samples"]
+        kept = prepare_mask(result.values["11"][0]["noise_mask"], out.shape, out.device) == 0
+        assert kept.any() and (~kept).any() and torch.equal(out[kept], given[kept])  # outside: the input, exactly
+        assert not torch.allclose(out[~kept], given[~kept])  # inside: repainted (the tiny VAE's pixels mean nothing)
+    built = {p.name for p in (paths.FOLDERS.base / "models" / "checkpoints").iterdir()}
+    loaders = [n for n in families if "ckpt_name" in prompt[n]["inputs"]]
+    assert {prompt[n]["inputs"]["ckpt_name"] for n in loaders} <= built <= set(models.TINY_CHECKPOINTS)
+
+
+def test_refiner_hand_over_is_deterministic_and_cached(ex: Executor) -> None:
+    prompt = json.loads((REPO / "workflows" / "sdxl_base_refiner.json").read_text())
+    first = ex.run(prompt)
+    again = ex.run(prompt)
+    assert {"4", "12", "10", "11"} <= set(again.cached) and not again.ran
+    prompt["11"]["inputs"]["noise_seed"] = 7  # add_noise disabled: the refiner's seed changes nothing
+    third = ex.run(prompt)
+    assert "11" in third.ran and "10" in third.cached
+    assert (third.values["11"][0]["samples"] == first.values["11"][0]["samples"]).all()
