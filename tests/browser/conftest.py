@@ -13,12 +13,7 @@ from typing import Any
 
 import pytest
 
-from executor.dispatch import LocalDispatcher
-from executor.queue import PromptStore
-from executor.runner import Executor
-from nodes import build_registry, paths
-from tests.web.conftest import Running, make_base, start_server
-from web import ServerConfig, create_app
+from tests.web.conftest import Running, folders, make_base, serve
 from web.static import LITEGRAPH_DIST
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -47,27 +42,14 @@ def browser() -> Iterator[Any]:
         chromium.close()
 
 
-def serve(base: Path, port: int = 0, **config: Any) -> tuple[Running, LocalDispatcher]:
-    registry = build_registry()
-    dispatcher = LocalDispatcher(PromptStore(base / "user" / "sumi.db"), Executor(registry, previews=True))
-    app = create_app(dispatcher, registry, ServerConfig(**config))
-    return start_server(app, dispatcher, base, port), dispatcher
-
-
 @pytest.fixture(scope="module")
 def editor_server(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> Iterator[Running]:
-    saved = paths.FOLDERS
-    base = make_base(tmp_path_factory.mktemp("editor"), tiny_checkpoint)
-    paths.configure(base)
-    for folder in (paths.FOLDERS.input, paths.FOLDERS.output):
-        folder.mkdir(parents=True, exist_ok=True)
-    running, dispatcher = serve(base)
-    try:
-        yield running
-    finally:
-        running.stop()
-        dispatcher.store.close()
-        paths.FOLDERS = saved
+    with folders(make_base(tmp_path_factory.mktemp("editor"), tiny_checkpoint)) as base:
+        running = serve(base, previews=True)
+        try:
+            yield running
+        finally:
+            running.stop()
 
 
 @pytest.fixture()

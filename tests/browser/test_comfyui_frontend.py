@@ -21,12 +21,7 @@ from typing import Any
 import pytest
 
 import main
-from executor.dispatch import LocalDispatcher
-from executor.queue import PromptStore
-from executor.runner import Executor
-from nodes import build_registry, paths
-from tests.web.conftest import REPO, Running, make_base, start_server
-from web import ServerConfig, create_app
+from tests.web.conftest import REPO, Running, folders, make_base, serve
 
 # Files the front end asks for that a fresh install does not have: ComfyUI answers 404 for them too.
 ABSENT_FILES = ("/api/userdata/user.css", "/api/userdata/comfy.templates.json")
@@ -61,24 +56,15 @@ class Watch:
             self.failed.append(f"no answer: {request.method} {request.url[len(self.url):]} ({request.failure})")
 
 
-def serve_comfyui(base: Path) -> tuple[Running, LocalDispatcher]:
-    registry = build_registry()
-    dispatcher = LocalDispatcher(PromptStore(base / "user" / "sumi.db"), Executor(registry, previews=True))
-    config = ServerConfig(front_end_root=main.front_end_folder("comfyui", None), user_directory=base / "user")
-    return start_server(create_app(dispatcher, registry, config), dispatcher, base), dispatcher
+def serve_comfyui(base: Path) -> Running:
+    return serve(base, previews=True, front_end_root=main.front_end_folder("comfyui", None),
+                 user_directory=base / "user")
 
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> Iterator[Path]:
-    saved = paths.FOLDERS
-    root = make_base(tmp_path_factory.mktemp("comfyui-frontend"), tiny_checkpoint)
-    paths.configure(root)
-    for folder in (paths.FOLDERS.input, paths.FOLDERS.output):
-        folder.mkdir(parents=True, exist_ok=True)
-    try:
+    with folders(make_base(tmp_path_factory.mktemp("comfyui-frontend"), tiny_checkpoint)) as root:
         yield root
-    finally:
-        paths.FOLDERS = saved
 
 
 def get_json(url: str) -> Any:
@@ -114,7 +100,7 @@ def small_txt2img() -> dict[str, Any]:
 
 
 def test_official_front_end_runs_a_workflow_and_keeps_user_data(browser: Any, base: Path) -> None:
-    server, dispatcher = serve_comfyui(base)
+    server = serve_comfyui(base)
     try:
         context, page, watch = open_front_end(browser, server.url)
         assert watch.failed == [] and watch.errors == []
@@ -177,13 +163,12 @@ def test_official_front_end_runs_a_workflow_and_keeps_user_data(browser: Any, ba
         context.close()
     finally:
         server.stop()
-        dispatcher.store.close()
     user = base / "user" / "default"
     assert json.loads((user / "comfy.settings.json").read_text())["Comfy.Sidebar.Location"] == "right"
     saved = json.loads((user / "workflows" / "sumi saved.json").read_text())
     assert {n["type"] for n in saved["nodes"]} >= {"KSampler", "SaveImage"}
 
-    server, dispatcher = serve_comfyui(base)  # a restart: a new server on the same folders, a new origin
+    server = serve_comfyui(base)  # a restart: a new server on the same folders, a new origin
     try:
         context, page, watch = open_front_end(browser, server.url)
         assert page.evaluate("app.extensionManager.setting.get('Comfy.Sidebar.Location')") == "right"
@@ -195,4 +180,3 @@ def test_official_front_end_runs_a_workflow_and_keeps_user_data(browser: Any, ba
         context.close()
     finally:
         server.stop()
-        dispatcher.store.close()

@@ -14,8 +14,7 @@ from typing import Any
 
 import pytest
 
-from nodes import paths
-from tests.web.conftest import REPO, make_base
+from tests.web.conftest import REPO, folders, make_base
 
 from .test_comfyui_frontend import get_json, open_front_end, serve_comfyui, small_txt2img, wait_for_job
 
@@ -24,20 +23,13 @@ FIXTURE = REPO / "tests" / "fixtures" / "subgraphs" / "frontend_nested3.json"
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> Iterator[Path]:
-    saved = paths.FOLDERS
-    root = make_base(tmp_path_factory.mktemp("comfyui-subgraphs"), tiny_checkpoint)
-    paths.configure(root)
-    for folder in (paths.FOLDERS.input, paths.FOLDERS.output):
-        folder.mkdir(parents=True, exist_ok=True)
-    try:
+    with folders(make_base(tmp_path_factory.mktemp("comfyui-subgraphs"), tiny_checkpoint)) as root:
         yield root
-    finally:
-        paths.FOLDERS = saved
 
 
 def test_official_front_end_runs_subgraphs_and_components_on_sumi(browser: Any, base: Path) -> None:
     fixture = json.loads(FIXTURE.read_text())
-    server, dispatcher = serve_comfyui(base)
+    server = serve_comfyui(base)
     try:
         context, page, watch = open_front_end(browser, server.url)
         page.evaluate("graph => app.loadGraphData(graph, true, true, 'nested')", fixture["workflow"])
@@ -71,4 +63,3 @@ def test_official_front_end_runs_subgraphs_and_components_on_sumi(browser: Any, 
         context.close()
     finally:
         server.stop()
-        dispatcher.store.close()

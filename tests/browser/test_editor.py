@@ -338,34 +338,26 @@ def test_the_editor_says_when_the_server_is_gone_and_reconnects(context: Any, tm
                                                                 tiny_checkpoint: Path) -> None:
     import socket
 
-    from nodes import paths
-    from tests.web.conftest import make_base
+    from tests.web.conftest import folders, make_base, serve
 
-    from .conftest import serve
-
-    saved = paths.FOLDERS
-    base = make_base(tmp_path / "base", tiny_checkpoint)
-    paths.configure(base)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    running, dispatcher = serve(base, port)
-    try:
-        page = EditorPage(context.new_page(), running.url + "/").open()
-        page.page.wait_for_selector("#connection.online")
-        page.set_widget(page.node_of("KSampler")["id"], "cfg", 6.5)
-        running.stop()
-        dispatcher.store.close()
-        page.page.wait_for_selector("#connection.offline", timeout=20000)
-        assert "reconnecting" in page.page.text_content("#connection")
-        assert page.node_of("KSampler")["widgets"]["cfg"] == 6.5  # the graph is kept
-        running, dispatcher = serve(base, port)
-        page.page.wait_for_selector("#connection.online", timeout=20000)
-        assert page.node_of("KSampler")["widgets"]["cfg"] == 6.5
-    finally:
-        running.stop()
-        dispatcher.store.close()
-        paths.FOLDERS = saved
+    with folders(make_base(tmp_path / "base", tiny_checkpoint)) as base:
+        running = serve(base, port=port, previews=True)
+        try:
+            page = EditorPage(context.new_page(), running.url + "/").open()
+            page.page.wait_for_selector("#connection.online")
+            page.set_widget(page.node_of("KSampler")["id"], "cfg", 6.5)
+            running.stop()
+            page.page.wait_for_selector("#connection.offline", timeout=20000)
+            assert "reconnecting" in page.page.text_content("#connection")
+            assert page.node_of("KSampler")["widgets"]["cfg"] == 6.5  # the graph is kept
+            running = serve(base, port=port, previews=True)
+            page.page.wait_for_selector("#connection.online", timeout=20000)
+            assert page.node_of("KSampler")["widgets"]["cfg"] == 6.5
+        finally:
+            running.stop()
 
 
 def test_model_combos_refresh_and_load_image_uploads(editor: EditorPage, editor_server: Any) -> None:

@@ -9,6 +9,7 @@ import asyncio
 import json
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,10 +52,38 @@ class Running:
     runner: web.AppRunner
     thread: threading.Thread
 
+    @property
+    def app(self) -> web.Application:
+        return self.runner.app
+
     def stop(self) -> None:
+        """Shut the server down and close its store (a second server may then open the same database)."""
         asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(60)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+        self.dispatcher.store.close()
+
+
+@contextmanager
+def folders(root: Path) -> Iterator[Path]:
+    """Sumi's folders under `root`, input/ and output/ made; the process-wide folders are restored after."""
+    saved = paths.FOLDERS
+    paths.configure(root)
+    for folder in (paths.FOLDERS.input, paths.FOLDERS.output):
+        folder.mkdir(parents=True, exist_ok=True)
+    try:
+        yield root
+    finally:
+        paths.FOLDERS = saved
+
+
+def serve(base: Path, *, port: int = 0, previews: bool = False, database: Path | None = None,
+          **config: Any) -> Running:
+    """A real server (worker included unless `start_worker=False`) over a fresh store on `base`."""
+    registry = build_registry()
+    store = PromptStore(database or base / "user" / "sumi.db")
+    dispatcher = LocalDispatcher(store, Executor(registry, previews=previews))
+    return start_server(create_app(dispatcher, registry, ServerConfig(**config)), dispatcher, base, port)
 
 
 def start_server(app: web.Application, dispatcher: LocalDispatcher, base: Path, port_number: int = 0) -> Running:
@@ -85,21 +114,13 @@ def start_server(app: web.Application, dispatcher: LocalDispatcher, base: Path, 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> Iterator[Running]:
-    """One server per test module, on a fresh base directory; the process-wide folders are restored after."""
-    saved = paths.FOLDERS
-    base = make_base(tmp_path_factory.mktemp("serve"), tiny_checkpoint)
-    paths.configure(base)
-    for folder in (paths.FOLDERS.input, paths.FOLDERS.output):
-        folder.mkdir(parents=True, exist_ok=True)
-    registry = build_registry()
-    dispatcher = LocalDispatcher(PromptStore(base / "user" / "sumi.db"), Executor(registry))
-    running = start_server(create_app(dispatcher, registry, ServerConfig()), dispatcher, base)
-    try:
-        yield running
-    finally:
-        running.stop()
-        dispatcher.store.close()
-        paths.FOLDERS = saved
+    """One server per test module, on a fresh base directory."""
+    with folders(make_base(tmp_path_factory.mktemp("serve"), tiny_checkpoint)) as base:
+        running = serve(base)
+        try:
+            yield running
+        finally:
+            running.stop()
 
 
 async def run_prompt(session: aiohttp.ClientSession, url: str, prompt: dict[str, Any], client_id: str,

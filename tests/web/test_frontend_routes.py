@@ -33,26 +33,19 @@ from executor.ui_format import ui_to_api
 from nodes import build_registry, paths
 from web import ServerConfig, create_app
 
-from .conftest import REPO
+from .conftest import REPO, folders
 
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    saved = paths.FOLDERS
-    root = tmp_path_factory.mktemp("frontend-routes")
-    paths.configure(root)
-    ckpts = paths.FOLDERS.models["checkpoints"][0]
-    (ckpts / "sub").mkdir(parents=True)
-    save_file({"w": torch.zeros(2)}, ckpts / "meta.safetensors", metadata={"modelspec.title": "Tiny", "k": "v"})
-    save_file({"w": torch.zeros(2)}, ckpts / "sub" / "plain.safetensors")
-    (ckpts / "old.ckpt").write_bytes(b"not really")
-    Image.new("RGB", (8, 8), (255, 0, 0)).save(ckpts / "meta.png")
-    for folder in (paths.FOLDERS.input, paths.FOLDERS.output):
-        folder.mkdir(parents=True, exist_ok=True)
-    try:
+    with folders(tmp_path_factory.mktemp("frontend-routes")) as root:
+        ckpts = paths.FOLDERS.models["checkpoints"][0]
+        (ckpts / "sub").mkdir(parents=True)
+        save_file({"w": torch.zeros(2)}, ckpts / "meta.safetensors", metadata={"modelspec.title": "Tiny", "k": "v"})
+        save_file({"w": torch.zeros(2)}, ckpts / "sub" / "plain.safetensors")
+        (ckpts / "old.ckpt").write_bytes(b"not really")
+        Image.new("RGB", (8, 8), (255, 0, 0)).save(ckpts / "meta.png")
         yield root
-    finally:
-        paths.FOLDERS = saved
 
 
 @pytest.fixture(scope="module")

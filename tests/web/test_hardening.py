@@ -36,7 +36,7 @@ from web import ServerConfig, create_app
 from web import server as web_server
 from web.hub import Client, Hub
 
-from .conftest import REPO
+from .conftest import REPO, folders
 
 LATENT = {"1": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
           "2": {"class_type": "SaveLatent", "inputs": {"samples": ["1", 0], "filename_prefix": "x"}}}
@@ -45,15 +45,8 @@ CSP = "sandbox; default-src 'none'"
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    saved = paths.FOLDERS
-    root = tmp_path_factory.mktemp("hardening")
-    paths.configure(root)
-    for folder in (paths.FOLDERS.input, paths.FOLDERS.output):
-        folder.mkdir(parents=True, exist_ok=True)
-    try:
+    with folders(tmp_path_factory.mktemp("hardening")) as root:
         yield root
-    finally:
-        paths.FOLDERS = saved
 
 
 @pytest.fixture(scope="module")

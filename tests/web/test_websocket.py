@@ -21,14 +21,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from executor.dispatch import LocalDispatcher
-from executor.queue import PromptStore
-from executor.runner import Event, Executor
-from nodes import build_registry, paths
-from web import ServerConfig, create_app
+from executor.runner import Event
 from web.server import API_KEY
 
-from .conftest import Running, start_server
+from .conftest import Running, folders, serve
 
 EVENTS = 3000  # for the stalled client, 20 KB each: 60 MB, past its 32 MiB queue limit
 READER_EVERY = 10
@@ -37,20 +33,12 @@ PAD = "x" * 20_000
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
-    saved = paths.FOLDERS
-    base = tmp_path_factory.mktemp("websocket")
-    paths.configure(base)
-    registry = build_registry()
-    dispatcher = LocalDispatcher(PromptStore(base / "q.db"), Executor(registry))
-    app = create_app(dispatcher, registry, ServerConfig(start_worker=False))
-    running = start_server(app, dispatcher, base)
-    running.app = app  # type: ignore[attr-defined]
-    try:
-        yield running
-    finally:
-        running.stop()
-        dispatcher.store.close()
-        paths.FOLDERS = saved
+    with folders(tmp_path_factory.mktemp("websocket")) as base:
+        running = serve(base, database=base / "q.db", start_worker=False)
+        try:
+            yield running
+        finally:
+            running.stop()
 
 
 def stalled_client(url: str, client_id: str) -> socket.socket:
