@@ -24,9 +24,9 @@ browser:
 
 install: $(STAMP) $(WEB_STAMP)
 
-# Installs, builds the embedded tiny model on first use, runs the default workflow, prints the image path.
+# Installs, builds the embedded tiny model if missing, starts the server with the editor and prints its URL.
 run: $(STAMP) $(WEB_STAMP)
-	$(PY) main.py run workflows/txt2img.json
+	$(PY) main.py serve
 
 # Installs, then runs every test (the parity suite builds the 2.1 GB reference checkpoint once into
 # ~/.cache/sumi; SUMI_SKIP_SLOW=1 skips it and says so).

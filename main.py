@@ -3,8 +3,13 @@
     python main.py run WORKFLOW.json [--set NODE.INPUT=VALUE[,VALUE…]]… [--output-dir DIR] [--json]
     python main.py validate WORKFLOW.json [--json]
     python main.py nodes [--json]
+    python main.py models hash [--json]
+    python main.py components list | save NAME WORKFLOW --input NAME=NODE.INPUT … --output NAME=NODE[.SLOT] …
+    python main.py run COMPONENT.json|component/NAME --input NAME=VALUE …
+    python main.py run IMAGE.png --verify
     python main.py serve [--listen 127.0.0.1] [--port 8188] [--token T] [--enable-cors-header ORIGIN]
-                         [--preview-method auto|latent2rgb|none]
+                         [--preview-method auto|latent2rgb|none] [--front-end sumi|comfyui]
+                         [--front-end-root DIR]
 
 Exit status: 0 success, 1 a run-time error, 2 an invalid workflow or command line.
 """
@@ -16,6 +21,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,39 +32,127 @@ class UsageError(Exception):
     """A command-line problem (bad --set, unreadable workflow): exit 2 with one clear line."""
 
 
-def load_workflow(path: str, registry: Any) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """(API prompt, editor graph or None) from API-format JSON, the editor's graph JSON, a saved
-    POST /prompt body, or a PNG written by Sumi or ComfyUI (its `prompt`/`workflow` text chunks)."""
-    from executor.errors import ValidationFailed
+@dataclass
+class Loaded:
+    """A workflow file as opened: the API prompt, the editor graph (if any), its model manifest (ComfyUI's
+    `models` list) and, for a PNG Sumi wrote, the provenance record of that image."""
+
+    prompt: dict[str, Any]
+    graph: dict[str, Any] | None = None
+    models: list[dict[str, Any]] | None = None
+    provenance: dict[str, Any] | None = None
+
+
+def load_workflow(path: str, registry: Any) -> Loaded:
+    """API-format JSON, the editor's graph JSON, a saved POST /prompt body, or a PNG written by Sumi or ComfyUI
+    (its `prompt`/`workflow` text chunks, and Sumi's `sumi` record). Old Sumi files are migrated first."""
+    from executor.errors import NodeError, ValidationFailed
     from executor.ui_format import is_ui_format, ui_to_api
+    from nodes import formats
 
     file = Path(path)
+    if path.startswith("component/") and not file.is_file():
+        return Loaded(component_prompt(registry, registry.get(path), path))
     if not file.is_file():
         raise UsageError(f"workflow file not found: {path}")
-    graph = None
+    graph = record = None
+    models = None
     if file.suffix.lower() == ".png":
         from PIL import Image
 
         with Image.open(file) as img:
-            chunks = {k: img.info.get(k) for k in ("prompt", "workflow")}
-        if not any(chunks.values()):
+            chunks = {k: img.info.get(k) for k in ("prompt", "workflow", "sumi")}
+        if not (chunks["prompt"] or chunks["workflow"]):
             raise UsageError(f"{path} carries no `prompt` or `workflow` metadata")
         graph = json.loads(chunks["workflow"]) if chunks["workflow"] else None
+        record = json.loads(chunks["sumi"]) if chunks["sumi"] else None
         data = json.loads(chunks["prompt"]) if chunks["prompt"] else graph
+        models = (record or {}).get("models")
     else:
         try:
             data = json.loads(file.read_text())
         except json.JSONDecodeError as exc:
             raise UsageError(f"{path} is not valid JSON: {exc}") from exc
+        if isinstance(data, dict) and isinstance(data.get("component"), str):
+            return Loaded(component_prompt(registry, component_file(file, registry), path))
         if isinstance(data, dict) and isinstance(data.get("prompt"), dict):
+            data = _migrated(data, formats)
+            models = data.get("models")
             graph = ((data.get("extra_data") or {}).get("extra_pnginfo") or {}).get("workflow")
             data = data["prompt"]  # a saved POST /prompt body
+    if isinstance(graph, dict):
+        graph = _migrated(graph, formats)
+        if models is None and isinstance(graph.get("models"), list):
+            models = graph["models"]
     if is_ui_format(data):
-        graph = data
+        graph = data = _migrated(data, formats)
+        models = models if models is not None else data.get("models")
         data, errors = ui_to_api(data, registry)
         if errors:
             raise ValidationFailed(errors)
-    return data, graph
+    if not isinstance(data, dict):
+        raise ValidationFailed([NodeError("invalid_prompt", "A workflow must be a JSON object of nodes keyed by id",
+                                          expected="object", received=type(data).__name__)])
+    return Loaded(data, graph, models if isinstance(models, list) else None, record)
+
+
+def component_file(file: Path, registry: Any) -> Any:
+    """The node class of a component document (registered now if it is not one of the known files)."""
+    from executor.components import ComponentError, register
+    from nodes import components
+
+    try:
+        spec = components.read(file)
+    except ComponentError as exc:
+        raise UsageError(str(exc)) from exc
+    pinned = f"component/{spec.name}@{spec.version}"
+    if registry.get(pinned) is None:
+        register(registry, [spec])
+    return registry.get(pinned)
+
+
+def component_prompt(registry: Any, cls: Any, ref: str) -> dict[str, Any]:
+    """A prompt that runs one component as a function (node "1"); `--input` fills it in."""
+    from nodes import components
+
+    if cls is None or not hasattr(cls, "spec"):
+        raise UsageError(f"no component {ref!r}; `main.py components list` shows them")
+    return components.function_prompt(cls, {})
+
+
+def apply_inputs(prompt: dict[str, Any], items: list[str], registry: Any) -> None:
+    """`--input NAME=VALUE` on the component instance "1"; an IMAGE input takes a file (loaded by LoadImage)."""
+    import shutil
+
+    from nodes import paths
+
+    node = prompt.get("1")
+    cls = registry.get(node.get("class_type")) if isinstance(node, dict) else None
+    if cls is None or not hasattr(cls, "spec"):
+        raise UsageError("--input applies to a component (a file with declared inputs, or component/NAME)")
+    for item in items:
+        name, eq, raw = item.partition("=")
+        inp = cls.input(name)
+        if not eq or inp is None:
+            raise UsageError(f"--input {item!r}: {cls.type} has the inputs "
+                             + ", ".join(f"{i.name} ({i.type})" for i in cls.inputs))
+        if inp.type == "IMAGE":
+            source = Path(raw)
+            if source.is_file():  # a file anywhere: copied into the input folder, where LoadImage reads
+                paths.FOLDERS.input.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source, paths.FOLDERS.input / source.name)
+                raw = source.name
+            prompt[f"load_{name}"] = {"class_type": "LoadImage", "inputs": {"image": raw}}
+            node["inputs"][name] = [f"load_{name}", 0]
+        else:
+            node["inputs"][name] = raw if inp.type == "STRING" else _literal(raw)
+
+
+def _migrated(data: dict[str, Any], formats: Any) -> dict[str, Any]:
+    try:
+        return formats.migrate(data)
+    except formats.NewerFormat as exc:
+        raise UsageError(str(exc)) from exc
 
 
 def resolve_node(prompt: dict[str, Any], ref: str) -> str:
@@ -165,11 +259,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     devices.configure(args.device, args.precision, args.threads)
     registry = build_registry()
     try:
-        prompt, graph = load_workflow(args.workflow, registry)
+        loaded = load_workflow(args.workflow, registry)
     except ValidationFailed as failed:
         return report_invalid(failed, args.json)
+    missing = check_models(loaded, args.json)
+    if missing is not None:
+        return missing
+    prompt, graph = loaded.prompt, loaded.graph
+    if args.input:
+        apply_inputs(prompt, args.input, registry)
+    if args.verify:
+        return verify(args, loaded, registry)
     extra_data = {"extra_pnginfo": {"workflow": graph}} if graph else None
     runs = variants(prompt, parse_sets(prompt, args.set or [], registry))
+    if args.save_workflow:
+        print(f"saved {save_workflow(Path(args.save_workflow), loaded, runs[0][0])}", file=sys.stderr)
     executor = Executor(registry)
     prepared = []
     for p, label in runs:
@@ -184,7 +288,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         progress = Progress(tag)
 
         def on_event(event: Any, progress: Progress = progress) -> None:
-            if event.type == "preview":
+            if event.type in ("preview", "binary_image"):  # images for a websocket client, not for a terminal
                 return
             if args.json:
                 print(json.dumps(_jsonable(event.to_dict())), flush=True)
@@ -212,6 +316,189 @@ def cmd_run(args: argparse.Namespace) -> int:
     return status
 
 
+def check_models(loaded: Loaded, as_json: bool) -> int | None:
+    """Resolve the workflow's model manifest by hash (renamed files are substituted in the prompt); report
+    every model still missing in one list and return exit 2, before anything runs."""
+    from nodes import manifest
+
+    found = manifest.resolve(loaded.prompt, loaded.models)
+    for item in found.renamed:
+        note = f"model {item['directory']}/{item['name']} found by its hash as {item['found']}"
+        print(json.dumps({"type": "model_renamed", "data": item}) if as_json else note,
+              file=sys.stdout if as_json else sys.stderr)
+    for item in found.mismatched:
+        print(f"warning: {item['directory']}/{item['name']} is not the file the workflow was saved with "
+              f"(sha256 {item['hash'][:12]}…, expected {item['expected_hash'][:12]}…)", file=sys.stderr)
+    if not found.missing:
+        return None
+    if as_json:
+        print(json.dumps({"type": "missing_models", "data": {"models": found.missing}}))
+    else:
+        print(f"missing models: {len(found.missing)}", file=sys.stderr)
+        for item in found.missing:
+            print(f"  {item['directory']}/{item['name']} (node {item['node_id']} {item['class_type']}."
+                  f"{item['input_name']})\n    sha256: {item['expected_hash']}\n    searched: "
+                  f"{', '.join(item['searched']) or '(no folders)'}"
+                  + (f"\n    download: {item['url']}" if item.get("url") else ""), file=sys.stderr)
+    return EXIT_INVALID
+
+
+def save_workflow(target: Path, loaded: Loaded, prompt: dict[str, Any]) -> Path:
+    """The editor graph (or the API prompt, as a POST /prompt body) with its model manifest and format version."""
+    from nodes import formats, manifest
+
+    models = manifest.manifest(prompt, loaded.models)
+    if loaded.graph is not None:
+        document = formats.stamp({**loaded.graph, "models": models})
+    else:
+        document = formats.stamp({"prompt": prompt, "models": models})
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(document, indent=1))
+    return target
+
+
+def verify(args: argparse.Namespace, loaded: Loaded, registry: Any) -> int:
+    """Re-run the prompt of a PNG Sumi wrote; compare the pixels and the recorded environment."""
+    import tempfile
+
+    import numpy as np
+    from PIL import Image
+
+    from executor.errors import ValidationFailed
+    from executor.runner import Executor
+    from nodes import paths, provenance
+
+    recorded = loaded.provenance
+    if not recorded or "node" not in recorded:
+        raise UsageError(f"--verify needs a PNG written by Sumi's SaveImage; {args.workflow} has no `sumi` record")
+    with Image.open(args.workflow) as img:
+        original = np.asarray(img.convert("RGB"))
+    extra_data = {"extra_pnginfo": {"workflow": loaded.graph}} if loaded.graph else None
+    with tempfile.TemporaryDirectory(prefix="sumi-verify-") as scratch:
+        paths.FOLDERS.output = Path(scratch)  # the re-run's files are thrown away
+        try:
+            result = Executor(registry).run(loaded.prompt, extra_data=extra_data)
+        except ValidationFailed as failed:
+            return report_invalid(failed, args.json)
+        if result.status != "success":
+            err = result.error or {}
+            print(f"re-run {result.status} in node {err.get('node_id')}: {err.get('exception_message')}",
+                  file=sys.stderr)
+            return EXIT_RUNTIME
+        images = result.outputs.get(recorded["node"], {}).get("images", [])
+        index = int(recorded.get("batch_index", 0))
+        if index >= len(images):
+            raise UsageError(f"the re-run of node {recorded['node']} wrote no image {index}")
+        with Image.open(Path(scratch) / images[index]["subfolder"] / images[index]["filename"]) as img:
+            again = np.asarray(img.convert("RGB"))
+    current = provenance.record(loaded.prompt, loaded.models)
+    differences = provenance.differences(recorded, current)
+    same_shape = again.shape == original.shape
+    delta = np.abs(again.astype(int) - original.astype(int)) if same_shape else None
+    report = {"identical": bool(same_shape and not delta.any()), "shape": [list(original.shape), list(again.shape)],
+              "differing_values": int((delta != 0).sum()) if same_shape else None,
+              "max_abs_difference": int(delta.max()) if same_shape else None,
+              "environment_differences": differences}
+    if args.json:
+        print(json.dumps({"type": "verify", "data": report}))
+    else:
+        if report["identical"]:
+            print(f"{args.workflow}: identical: the re-run gives the same pixels")
+        else:
+            detail = (f"{report['differing_values']} of {original.size} values differ, by up to "
+                      f"{report['max_abs_difference']}" if same_shape else f"size {again.shape} vs {original.shape}")
+            print(f"{args.workflow}: DIFFERENT: {detail}")
+        if differences:
+            print("what differs from the recorded environment:\n  " + "\n  ".join(differences))
+        elif not report["identical"]:
+            print("the recorded environment is the same (models, versions, device, precision)")
+    return EXIT_OK if report["identical"] else EXIT_RUNTIME
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """`models hash`: fill the persistent hash index for every model file, with a progress bar."""
+    configure(args)
+    from nodes import manifest
+
+    bar = None
+    if not args.json and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=0, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr, desc="hashing")
+
+    def progress(name: str, done: int, total: int) -> None:
+        if bar is not None:
+            bar.total = total
+            bar.set_postfix_str(name[-40:], refresh=False)
+            bar.update(done - bar.n)
+
+    started = time.perf_counter()
+    summary = manifest.fill_index(progress)
+    seconds = time.perf_counter() - started
+    if bar is not None:
+        bar.close()
+    summary["seconds"] = round(seconds, 3)
+    summary["index"] = str(manifest.index().path)
+    if args.json:
+        print(json.dumps({"type": "models_hashed", "data": summary}))
+    else:
+        speed = f", {summary['bytes'] / max(seconds, 1e-9) / 1e6:.0f} MB/s" if summary["bytes"] else ""
+        print(f"{summary['files']} model file(s), {summary['hashed']} hashed now "
+              f"({summary['bytes'] / 1e6:.1f} MB in {seconds:.2f}s{speed}); index {summary['index']}")
+    return EXIT_OK
+
+
+def cmd_components(args: argparse.Namespace) -> int:
+    """`components list`; `components save NAME WORKFLOW --input NAME=NODE.INPUT … --output NAME=NODE[.SLOT] …`
+    or `components save NAME EDITOR_GRAPH --subgraph ID_OR_NAME`."""
+    configure(args)
+    from executor.components import ComponentError
+    from nodes import build_registry, components
+
+    registry = build_registry()
+    if args.action == "list":
+        listed = [{"type": cls.type, "version": cls.version, "inputs": [i.name for i in cls.inputs],
+                   "outputs": [o.name for o in cls.outputs], "file": cls.spec.source}
+                  for cls in registry.nodes.values() if hasattr(cls, "spec") and "@" not in cls.type]
+        if args.json:
+            print(json.dumps({"type": "components", "data": listed}))
+        for item in [] if args.json else listed:
+            print(f"{item['type']:32} v{item['version']:<3} in: {', '.join(item['inputs']) or '-'}; "
+                  f"out: {', '.join(item['outputs']) or '-'}")
+        return EXIT_OK
+    if not args.name or not args.workflow:
+        raise UsageError("components save NAME WORKFLOW --input NAME=NODE.INPUT … --output NAME=NODE[.SLOT] …")
+    from executor.errors import ValidationFailed
+
+    try:
+        loaded = load_workflow(args.workflow, registry)
+    except ValidationFailed as failed:
+        return report_invalid(failed, args.json)
+    pairs = {}
+    for kind, items in (("input", args.input or []), ("output", args.output or [])):
+        for item in items:
+            key, eq, value = item.partition("=")
+            if not eq:
+                raise UsageError(f"--{kind} {item!r}: expected NAME=NODE.{'INPUT' if kind == 'input' else 'SLOT'}")
+            pairs.setdefault(kind, {})[key] = value
+    try:
+        if args.subgraph:
+            if loaded.graph is None:
+                raise UsageError("--subgraph needs an editor graph (a workflow saved by the editor)")
+            spec = components.from_subgraph(args.name, loaded.graph, args.subgraph, registry, args.description or "")
+        else:
+            spec = components.from_workflow(args.name, loaded.prompt, registry, pairs.get("input", {}),
+                                            pairs.get("output", {}), args.description or "")
+        path, spec, new = components.save(spec)
+    except ComponentError as exc:
+        raise UsageError(str(exc)) from exc
+    note = "saved" if new else "unchanged, kept"
+    print(json.dumps({"type": "component_saved", "data": {"type": f"component/{spec.name}", "version":
+                                                           spec.version, "file": str(path), "new": new}})
+          if args.json else f"{note} component/{spec.name} version {spec.version}: {path}")
+    return EXIT_OK
+
+
 def report_invalid(failed: Any, as_json: bool, label: str = "") -> int:
     if as_json:
         print(json.dumps({"type": "validation_error", "data": {
@@ -233,7 +520,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     registry = build_registry()
     try:
-        prompt, _ = load_workflow(args.workflow, registry)
+        loaded = load_workflow(args.workflow, registry)
+        missing = check_models(loaded, args.json)
+        if missing is not None:
+            return missing
+        prompt = loaded.prompt
         Executor(registry).prepare(prompt)
     except ValidationFailed as failed:
         return report_invalid(failed, args.json)
@@ -258,11 +549,39 @@ def cmd_nodes(args: argparse.Namespace) -> int:
 
 
 def serve_executor(args: argparse.Namespace, registry: Any) -> Any:
-    """The server's Executor: it computes previews unless --preview-method none (the CLI's never does)."""
+    """The server's Executor: it may compute previews unless --preview-method none (the CLI's never does); the
+    server decides per prompt whether its client asked for them."""
     from executor.runner import Executor
     from nodes import preview
 
-    return Executor(registry, previews=preview.enabled(args.preview_method))
+    return Executor(registry, previews=preview.enabled(args.preview_method or "auto"))
+
+
+class FrontEndMissing(Exception):
+    pass
+
+
+def front_end_folder(front_end: str, root: str | None) -> Path | None:
+    """The folder served at / (None: Sumi's editor): --front-end-root wins; `comfyui` is the static folder of
+    the installed comfyui-frontend-package."""
+    if root:
+        folder = Path(root).expanduser().resolve()
+        if not (folder / "index.html").is_file():
+            raise FrontEndMissing(f"--front-end-root {root}: no index.html in {folder}")
+        return folder
+    if front_end != "comfyui":
+        return None
+    import importlib.util
+
+    spec = importlib.util.find_spec("comfyui_frontend_package")
+    if spec is None or not spec.submodule_search_locations:
+        raise FrontEndMissing("ComfyUI's front end is not installed: `pip install "
+                              "comfyui-frontend-package==1.58.1` (the version requirements.txt pins and the tests "
+                              "use), or pass --front-end-root DIR")
+    folder = Path(next(iter(spec.submodule_search_locations))) / "static"
+    if not (folder / "index.html").is_file():
+        raise FrontEndMissing(f"comfyui-frontend-package is installed but has no static/index.html in {folder}")
+    return folder
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -292,17 +611,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if token is None and not is_loopback(args.listen):
         token = secrets.token_urlsafe(24)
         print(f"listening on {args.listen} needs a token; this run's token: {token}", flush=True)
+    try:
+        front_end_root = front_end_folder(args.front_end, args.front_end_root)
+    except FrontEndMissing as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        store.close()
+        return EXIT_INVALID
     registry = build_registry()
     for module, error in registry.failed.items():
         print(f"warning: node module {module} failed to load:\n{error}", file=sys.stderr)
+    if not args.no_default_model:
+        from nodes import models
+
+        models.ensure_default_checkpoint()  # so a fresh machine's default workflow validates and runs at once
     dispatcher = LocalDispatcher(store, serve_executor(args, registry))
     config = ServerConfig(listen=args.listen, port=args.port, token=token, cors_origin=args.enable_cors_header,
-                          max_upload_size=int(args.max_upload_size * 1024 * 1024))
+                          max_upload_size=int(args.max_upload_size * 1024 * 1024), user_directory=user_dir,
+                          preview_method=args.preview_method, front_end_root=front_end_root)
     app = create_app(dispatcher, registry, config)
     hosts = bindable_hosts([h.strip() for h in args.listen.split(",") if h.strip()])
     shown = ", ".join(f"http://{'[' + h + ']' if ':' in h else h}:{args.port}" for h in hosts)
-    web.run_app(app, host=hosts, port=args.port, print=lambda _: print(f"Sumi serving on {shown}", flush=True),
-                access_log=None)
+    web.run_app(app, host=hosts, port=args.port, print=lambda _: print(f"Sumi serving on {shown}\n"
+                                                                           f"Open the editor: {shown.split(', ')[0]}/",
+                                                                           flush=True), access_log=None)
     store.close()
     return EXIT_OK
 
@@ -326,11 +657,34 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
                      help="model dtype (auto: fp16/bf16 on capable GPUs, fp32 on CPU)")
     run.add_argument("--threads", type=int, help="torch CPU threads")
+    run.add_argument("--save-workflow", metavar="FILE", help="also save the workflow with its model manifest "
+                     "(name, folder, sha256 of every model file) and Sumi's format version")
+    run.add_argument("--input", action="append", metavar="NAME=VALUE",
+                     help="a component's declared input (run a component file or component/NAME); an IMAGE "
+                          "input takes an image file")
+    run.add_argument("--verify", action="store_true", help="re-run a PNG Sumi wrote and say whether the pixels "
+                     "are identical and, if not, what differs in the recorded environment")
     run.set_defaults(func=cmd_run)
 
     validate = sub.add_parser("validate", parents=[common], help="check a workflow without running it")
     validate.add_argument("workflow")
     validate.set_defaults(func=cmd_validate)
+
+    comps = sub.add_parser("components", parents=[common], help="components: `list`, or `save NAME WORKFLOW "
+                           "--input NAME=NODE.INPUT … --output NAME=NODE[.SLOT] …` (a change bumps the version)")
+    comps.add_argument("action", choices=["list", "save"])
+    comps.add_argument("name", nargs="?")
+    comps.add_argument("workflow", nargs="?")
+    comps.add_argument("--input", action="append", metavar="NAME=NODE.INPUT")
+    comps.add_argument("--output", action="append", metavar="NAME=NODE[.SLOT]")
+    comps.add_argument("--description")
+    comps.add_argument("--subgraph", metavar="ID_OR_NAME", help="make the component from this subgraph of an "
+                       "editor graph: its inputs and outputs become the component's")
+    comps.set_defaults(func=cmd_components)
+
+    models = sub.add_parser("models", parents=[common], help="model files: `models hash` fills the hash index")
+    models.add_argument("action", choices=["hash"])
+    models.set_defaults(func=cmd_models)
 
     nodes = sub.add_parser("nodes", parents=[common], help="list node types (--json: /object_info shape)")
     nodes.set_defaults(func=cmd_nodes)
@@ -345,13 +699,23 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--enable-cors-header", nargs="?", const="*", metavar="ORIGIN",
                        help="allow cross-origin requests from ORIGIN (bare: any origin)")
     serve.add_argument("--max-upload-size", type=float, default=100, help="largest request body, in MB")
-    serve.add_argument("--user-directory", help="where sumi.db lives (default: BASE/user)")
+    serve.add_argument("--user-directory", help="where sumi.db, settings and saved workflows live "
+                       "(default: BASE/user)")
     serve.add_argument("--database", help="the queue/history SQLite file (default: USER_DIRECTORY/sumi.db)")
     serve.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     serve.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
     serve.add_argument("--threads", type=int, help="torch CPU threads")
-    serve.add_argument("--preview-method", default="auto", choices=["none", "auto", "latent2rgb"],
-                       help="previews sent to the websocket while sampling (auto: latent2rgb; none: no previews)")
+    serve.add_argument("--preview-method", default=None, choices=["none", "auto", "latent2rgb"],
+                       help="sampling previews for every client (auto: latent2rgb; none: never); by default only "
+                            "clients that ask get them (extra_data.preview_method, or supports_preview_metadata "
+                            "in their feature flags)")
+    serve.add_argument("--front-end", choices=["sumi", "comfyui"], default="sumi",
+                       help="the front end served at / (comfyui: ComfyUI's own, from the installed "
+                            "comfyui-frontend-package)")
+    serve.add_argument("--front-end-root", metavar="DIR",
+                       help="serve this folder's index.html and files at / instead (any static front end)")
+    serve.add_argument("--no-default-model", action="store_true",
+                       help="do not build the embedded tiny checkpoint when it is missing")
     serve.set_defaults(func=cmd_serve)
     return parser
 

@@ -23,6 +23,7 @@ import hostmem
 from .errors import ValidationFailed
 from .queue import InvalidTransition, PromptStore, QueueItem, State, split_secrets
 from .runner import Event, Executor, RunResult
+from .workflow import parent_id
 
 log = logging.getLogger("sumi.dispatch")
 
@@ -100,6 +101,8 @@ class LocalDispatcher:
 
     store: PromptStore
     executor: Executor
+    # Whether a prompt's run computes previews (the host decides who asked for them); None: the executor's setting.
+    preview_policy: Callable[[QueueItem], bool] | None = None
     _listeners: list[Listener] = field(default_factory=list)
     _secrets: dict[str, dict[str, Any]] = field(default_factory=dict)  # in memory only, never on disk
     _wake: threading.Condition = field(default_factory=threading.Condition)
@@ -264,15 +267,16 @@ class LocalDispatcher:
         started = time.perf_counter()
         try:
             valid = self.executor.prepare(item.prompt, item.outputs_to_execute or None)
+            previews = self.preview_policy(item) if self.preview_policy is not None else None
             result = self.executor.execute(valid, item.prompt, prompt_id=item.prompt_id, extra_data=extra,
-                                           on_event=on_event)
+                                           on_event=on_event, previews=previews)
         except ValidationFailed as failed:  # files changed between queueing and running (or after a restart)
             result = _invalid_at_run_time(item.prompt_id, failed, on_event)
         if running.stopping and result.status == "interrupted":
             self.store.release(item.prompt_id)
             log.info("prompt %s put back in the queue for the next start", item.prompt_id)
             return
-        meta = {nid: {"node_id": nid, "display_node": nid, "parent_node": None, "real_node_id": nid}
+        meta = {nid: {"node_id": nid, "display_node": nid, "parent_node": parent_id(nid), "real_node_id": nid}
                 for nid in result.outputs}
         self.store.finish(item.prompt_id, result.status, result.outputs, messages, meta)
         log.info("prompt %s %s in %.2fs", item.prompt_id, result.status, time.perf_counter() - started)

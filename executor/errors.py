@@ -7,7 +7,10 @@ from typing import Any
 
 @dataclass
 class NodeError:
-    """One problem with a workflow. `type` uses ComfyUI's error type strings where one exists."""
+    """One problem with a workflow. `type` uses ComfyUI's error type strings where one exists.
+
+    `path` is the node's place in the editor's graph: the subgraph instance ids from the top level down to the
+    node itself (`"11:10:3"` → ["11", "10", "3"]), filled from the id."""
 
     type: str
     message: str
@@ -17,6 +20,11 @@ class NodeError:
     expected: Any = None
     received: Any = None
     hint: str = ""
+    path: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.path is None and self.node_id:
+            self.path = str(self.node_id).split(":")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -41,6 +49,8 @@ class NodeError:
 
     def render(self) -> str:
         where = f"node {self.node_id} ({self.class_type})" if self.node_id else "workflow"
+        if self.path and len(self.path) > 1:
+            where += " inside subgraph " + " › ".join(self.path[:-1])
         text = f"{where}: {self.message}"
         if self.input_name:
             text += f" [input {self.input_name!r}]"

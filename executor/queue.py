@@ -113,12 +113,22 @@ CREATE TABLE IF NOT EXISTS items (
     finished_at REAL,
     outputs TEXT,
     messages TEXT,
-    meta TEXT
+    meta TEXT,
+    workflow_id TEXT                         -- the editor workflow's id (extra_pnginfo.workflow.id), for job lists
 );
 CREATE INDEX IF NOT EXISTS items_pending ON items (state, number, seq);
 CREATE INDEX IF NOT EXISTS items_history ON items (finished);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value REAL NOT NULL);
 """
+# Added after the first release: created on databases that predate them.
+MIGRATIONS = (("workflow_id", "ALTER TABLE items ADD COLUMN workflow_id TEXT"),)
+# Covers job-list queries: a page is found in the index alone (filtered and ordered there), then only its
+# rows are read; a row's later columns sit past its large prompt and extra_data, which cost to walk through.
+INDEXES = """
+CREATE INDEX IF NOT EXISTS items_jobs ON items (queued_at, seq, state, started_at, finished_at, workflow_id);
+"""
+JOB_COLUMNS = "prompt_id, number, state, queued_at, started_at, finished_at, workflow_id, outputs, messages, meta"
+JOB_ORDERS = ("created", "duration")
 COLUMNS = "prompt_id, number, prompt, extra_data, outputs_to_execute, state, attempts, queued_at, started_at, " \
           "finished_at"
 
@@ -144,6 +154,11 @@ class PromptStore:
             # cut can lose the last commits); FULL would add an fsync per commit, doubling a cached round trip.
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
+            present = {row[1] for row in self._db.execute("PRAGMA table_info(items)")}
+            for column, statement in MIGRATIONS:
+                if column not in present:
+                    self._db.execute(statement)
+            self._db.executescript(INDEXES)
         except BaseException:
             self._lock_file.close()
             raise
@@ -220,9 +235,9 @@ class PromptStore:
             with self._tx() as db:
                 seq, wall = self._stamp(db)
                 db.execute("INSERT INTO items (prompt_id, number, prompt, extra_data, outputs_to_execute, state, "
-                           "changed, queued_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                           "changed, queued_at, workflow_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                            (prompt_id, float(number), _dumps(prompt), _dumps(public), _dumps(outputs_to_execute),
-                            State.PENDING, seq, wall))
+                            State.PENDING, seq, wall, workflow_id_of(public)))
                 if number >= 0:  # keep the server counter above explicit numbers, as later prompts must follow
                     row = db.execute("SELECT value FROM counters WHERE name = 'number'").fetchone()
                     if row is None or row[0] <= number:
@@ -378,6 +393,82 @@ class PromptStore:
     def clear_history(self) -> int:
         with self._tx() as db:
             return db.execute("DELETE FROM items WHERE finished IS NOT NULL").rowcount
+
+
+    # -- jobs (every item, any state, a page at a time) ----------------------------------------------------
+
+    def jobs(self, states: Iterable[State] = tuple(State), *, order: str = "created", descending: bool = True,
+             limit: int | None = None, offset: int = 0, workflow_id: str | None = None) -> tuple[list[JobRow], int]:
+        """(one page of items in `states`, how many there are in all). `order`: "created" (queued time) or
+        "duration" (run time so far; items that never started last). Ties keep insertion order."""
+        if order not in JOB_ORDERS:
+            raise ValueError(f"order must be one of {', '.join(JOB_ORDERS)}, not {order!r}")
+        wanted = [State(s).value for s in states]
+        if not wanted:
+            return [], 0
+        where = f"state IN ({', '.join('?' * len(wanted))})"
+        params: list[Any] = list(wanted)
+        if workflow_id is not None:
+            where += " AND workflow_id = ?"
+            params.append(workflow_id)
+        direction = "DESC" if descending else "ASC"
+        if order == "created":
+            order_by = f"queued_at {direction}, seq {direction}"
+            order_params: list[Any] = []
+        else:
+            duration = "(COALESCE(finished_at, ?) - started_at)"
+            order_by = f"started_at IS NULL, {duration} {direction}, seq {direction}"
+            order_params = [time.time()]
+        with self._lock:
+            total = self._db.execute(f"SELECT COUNT(*) FROM items WHERE {where}", params).fetchone()[0]
+            page = [row[0] for row in self._db.execute(
+                f"SELECT seq FROM items INDEXED BY items_jobs WHERE {where} ORDER BY {order_by} LIMIT ? OFFSET ?",
+                (*params, *order_params, -1 if limit is None else max(limit, 0), max(offset, 0)))]
+            found = {}
+            for start in range(0, len(page), 500):  # SQLite's bound-parameter limit, in chunks
+                chunk = page[start:start + 500]
+                found.update((row[0], row[1:]) for row in self._db.execute(
+                    f"SELECT seq, {JOB_COLUMNS} FROM items WHERE seq IN ({', '.join('?' * len(chunk))})", chunk))
+        rows = [found[seq] for seq in page if seq in found]
+        return [_job(row) for row in rows], total
+
+    def job(self, prompt_id: str) -> tuple[JobRow, QueueItem] | None:
+        """One item with everything stored about it (its prompt and extra_data too), or None."""
+        with self._lock:
+            row = self._db.execute(f"SELECT {JOB_COLUMNS} FROM items WHERE prompt_id = ?",
+                                   (prompt_id,)).fetchone()
+            item = self._get(self._db, prompt_id)
+        return (_job(row), item) if row is not None and item is not None else None
+
+
+@dataclass
+class JobRow:
+    """What a job list shows of an item: no prompt, no extra_data (they can be large)."""
+
+    prompt_id: str
+    number: float
+    state: State
+    queued_at: float
+    started_at: float | None
+    finished_at: float | None
+    workflow_id: str | None
+    outputs: dict[str, Any]
+    messages: list[Any]
+    meta: dict[str, Any]
+
+
+def workflow_id_of(extra_data: dict[str, Any]) -> str | None:
+    """The id ComfyUI's editor gives a workflow (`extra_pnginfo.workflow.id`), if the prompt carries one."""
+    pnginfo = extra_data.get("extra_pnginfo")
+    workflow = pnginfo.get("workflow") if isinstance(pnginfo, dict) else None
+    wid = workflow.get("id") if isinstance(workflow, dict) else None
+    return str(wid) if isinstance(wid, (str, int)) and not isinstance(wid, bool) else None
+
+
+def _job(row: tuple[Any, ...]) -> JobRow:
+    pid, number, state, queued, started, finished, wid, outputs, messages, meta = row
+    return JobRow(pid, number, State(state), queued, started, finished, wid, json.loads(outputs) if outputs else {},
+                  json.loads(messages) if messages else [], json.loads(meta) if meta else {})
 
 
 def _item(row: tuple[Any, ...]) -> QueueItem:

@@ -22,11 +22,12 @@ from typing import Any
 import networkx as nx
 
 from .cache import Cache
+from .components import expand as expand_components
 from .errors import ValidationFailed
 from .fingerprint import signature
 from .schema import Determinism, Registry, Result
 from .validate import ValidPrompt, ancestors_of, graph_of, id_order, validate
-from .workflow import Link, Workflow, parse_api
+from .workflow import Link, Workflow, parent_id, parse_api
 
 
 @dataclass
@@ -71,7 +72,7 @@ class ProgressState:
     def _send(self) -> None:
         # A fresh snapshot each time: listeners may deliver the event later, after more updates.
         nodes = {nid: {"value": e["value"], "max": e["max"], "state": e["state"], "node_id": nid,
-                       "prompt_id": self.prompt_id, "display_node_id": nid, "parent_node_id": None,
+                       "prompt_id": self.prompt_id, "display_node_id": nid, "parent_node_id": parent_id(nid),
                        "real_node_id": nid}
                  for nid, e in self.nodes.items()}
         self.emit(Event("progress_state", {"prompt_id": self.prompt_id, "nodes": nodes}))
@@ -104,8 +105,14 @@ class RunContext:
                                      "node": self.node_id}))
         if preview is not None and self.wants_previews:
             self.emit(Event("preview", {"image": preview, "prompt_id": self.prompt_id, "node": self.node_id,
-                                        "display_node": self.node_id}))
+                                        "display_node": self.node_id, "parent_node": parent_id(self.node_id)}))
         self.check_interrupt()
+
+    def send_image(self, image: Any, image_format: str = "PNG") -> None:
+        """Send an image (PIL) to the submitting client as a binary frame: an output (ComfyUI's
+        SaveImageWebsocket), sent whether or not the client asked for previews."""
+        self.emit(Event("binary_image", {"image": image, "format": image_format, "prompt_id": self.prompt_id,
+                                         "node": self.node_id, "display_node": self.node_id}))
 
 
 @dataclass
@@ -137,10 +144,13 @@ class Executor:
     def prepare(self, prompt: dict[str, Any], targets: list[str] | None = None) -> ValidPrompt:
         """Parse and validate; raises ValidationFailed with every error."""
         wf, errors = parse_api(prompt)
+        wf, expanded = expand_components(wf, self.registry)
         valid, more = validate(wf, self.registry, targets)
-        errors += more
+        errors += expanded + more
         if errors:
-            raise ValidationFailed(errors)
+            # A component instance whose inputs are wrong is checked twice (before and during validation).
+            unique = {(e.type, e.node_id, e.input_name, e.message): e for e in errors}
+            raise ValidationFailed(list(unique.values()))
         return valid
 
     def signatures(self, valid: ValidPrompt, order: list[str]) -> dict[str, str | None]:
@@ -183,8 +193,10 @@ class Executor:
 
     def execute(self, valid: ValidPrompt, prompt: dict[str, Any], *, prompt_id: str | None = None,
                 extra_data: dict[str, Any] | None = None,
-                on_event: Callable[[Event], None] | None = None) -> RunResult:
+                on_event: Callable[[Event], None] | None = None, previews: bool | None = None) -> RunResult:
+        """Run a validated prompt. `previews` overrides the executor's setting for this run (None keeps it)."""
         prompt_id = prompt_id or uuid.uuid4().hex
+        wants_previews = self.previews if previews is None else previews
         emit = on_event or (lambda event: None)
         self.interrupt_flag.clear()
         wf: Workflow = valid.workflow
@@ -223,6 +235,12 @@ class Executor:
                 spec, cls = wf.nodes[nid], valid.classes[nid]
                 if self.interrupt_flag.is_set():
                     raise Interrupted()
+                # An identical node earlier in this run (a second copy of one subgraph) already made this value.
+                entry = self.cache.get(sigs[nid]) if sigs[nid] is not None and not cls.output_node else None
+                if entry is not None:
+                    values[nid] = entry.outputs
+                    result.cached.append(nid)
+                    continue
                 links = spec.links()
                 constants = {k: v for k, v in spec.inputs.items() if k not in links}
                 changed_up = [link.node for link in links.values() if link.node in to_run]
@@ -232,7 +250,7 @@ class Executor:
                 kwargs = {k: v for k, v in constants.items() if cls.input(k)}
                 kwargs.update({k: values[link.node][link.slot] for k, link in links.items() if cls.input(k)})
                 ctx = RunContext(nid, prompt_id, prompt, (extra_data or {}).get("extra_pnginfo"), emit,
-                                 self.interrupt_flag, self.previews, states)
+                                 self.interrupt_flag, wants_previews, states)
                 out = cls().run(ctx, **kwargs)
                 ui = None
                 if isinstance(out, Result):

@@ -77,6 +77,7 @@ class Output:
     type: str
     name: str | None = None
     tooltip: str = ""
+    is_list: bool = False  # the value is a list of items of `type` (ComfyUI's OUTPUT_IS_LIST)
 
 
 @dataclass
@@ -133,7 +134,7 @@ class Node:
             "input_order": {"required": list(required), **({"optional": list(optional)} if optional else {}),
                             **({"hidden": list(hidden)} if hidden else {})},
             "output": [o.type for o in cls.outputs],
-            "output_is_list": [False for _ in cls.outputs],
+            "output_is_list": [o.is_list for o in cls.outputs],
             "output_name": [o.name or o.type for o in cls.outputs],
             "name": cls.type,
             "display_name": cls.display_name or cls.type,

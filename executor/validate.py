@@ -12,6 +12,8 @@ from .errors import NodeError
 from .schema import ANY, Input, Node, Registry
 from .workflow import INVALID, Link, NodeSpec, Workflow
 
+COMPONENT_PREFIX = "component/"  # node types of components (executor/components.py imports it from here)
+
 
 @dataclass
 class ValidPrompt:
@@ -91,7 +93,7 @@ def _check_constant(spec: NodeSpec, inp: Input, value: Any, errors: list[NodeErr
     return value
 
 
-def _check_node(spec: NodeSpec, cls: type[Node], wf: Workflow, registry: Registry, errors: list[NodeError]) -> None:
+def check_node(spec: NodeSpec, cls: type[Node], wf: Workflow, registry: Registry, errors: list[NodeError]) -> None:
     constants: dict[str, Any] = {}
     for inp in cls.inputs:
         if inp.name not in spec.inputs:
@@ -164,6 +166,8 @@ def validate(wf: Workflow, registry: Registry, targets: list[str] | None = None)
             hint = ("did you mean " + ", ".join(close) + "?") if close else "run `main.py nodes` to list node types"
             if spec.class_type in registry.failed:
                 hint = "its module failed to load"
+            elif spec.class_type.startswith(COMPONENT_PREFIX):
+                hint = _component_hint(spec.class_type, registry)
             errors.append(NodeError("invalid_prompt", f"Cannot execute because node type {spec.class_type!r} "
                                     "does not exist", spec.id, spec.class_type, None, "a known node type",
                                     spec.class_type, hint))
@@ -182,7 +186,7 @@ def validate(wf: Workflow, registry: Registry, targets: list[str] | None = None)
     reachable = ancestors_of(wf, outputs)
     for nid in sorted(reachable, key=id_order):
         if nid in classes:
-            _check_node(wf.nodes[nid], classes[nid], wf, registry, errors)
+            check_node(wf.nodes[nid], classes[nid], wf, registry, errors)
     g = graph_of(wf, reachable)
     for component in nx.strongly_connected_components(g):
         if len(component) > 1 or any(g.has_edge(n, n) for n in component):
@@ -194,6 +198,18 @@ def validate(wf: Workflow, registry: Registry, targets: list[str] | None = None)
     return ValidPrompt(wf, sorted(outputs, key=id_order), classes), errors
 
 
-def id_order(node_id: str) -> tuple[int, Any]:
-    """Numeric ids in numeric order, others after them by text."""
-    return (0, int(node_id)) if node_id.isdigit() else (1, node_id)
+def _component_hint(class_type: str, registry: Registry) -> str:
+    """A pinned component version that is gone says which versions there are."""
+    base = class_type.partition("@")[0]
+    versions = sorted(int(n.rpartition("@")[2]) for n in registry.nodes
+                      if n.startswith(base + "@") and n.rpartition("@")[2].isdigit())
+    if not versions:
+        return f"no component {base[len(COMPONENT_PREFIX):]!r} is installed (user/components, workflows/components)"
+    return (f"that version is gone; {base} has version(s) {', '.join(map(str, versions))}: pin one of them, "
+            f"or use {base} for the latest")
+
+
+def id_order(node_id: str) -> tuple[tuple[int, Any], ...]:
+    """Ids compared segment by segment along their colon path: numeric segments numerically, others after them
+    by text; a subgraph instance's nodes follow the instance's own id ("3" < "3:1" < "3:10" < "4" < "a")."""
+    return tuple((0, int(part)) if part.isdigit() else (1, part) for part in node_id.split(":"))

@@ -1,7 +1,9 @@
 """Workflows in ComfyUI's API format: `{id: {class_type, inputs, _meta}}`.
 
 Ids are strings; a two-element list `[node_id, slot]` is a link; `{"__value__": [...]}` is a
-literal list; anything else is a constant.
+literal list; anything else is a constant. An id may be a colon path (`"11:10:3"`: node 3 inside subgraph
+instance 10 inside instance 11), as ComfyUI's front end sends flattened subgraphs; it is an opaque key to the
+executor, and only ordering, events and errors read its segments.
 """
 from __future__ import annotations
 
@@ -12,6 +14,12 @@ from .errors import NodeError
 
 # Stands in for an input whose value could not be parsed (its error is already reported).
 INVALID = type("Invalid", (), {"__repr__": lambda self: "<invalid>"})()
+
+
+def parent_id(node_id: str) -> str | None:
+    """The subgraph instance path containing a node: "11:10:3" → "11:10"; None at the top level."""
+    head, sep, _ = node_id.rpartition(":")
+    return head if sep else None
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,11 @@
 """Images: VAE decode/encode, loading inputs, saving outputs with their workflow in the PNG."""
 from __future__ import annotations
 
+import json
+import math
 import random
 import string
+import uuid
 from typing import Any
 
 import numpy as np
@@ -12,7 +15,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from executor.schema import Determinism, Input, Node, Output, Result
 
-from . import paths
+from . import formats, paths, provenance
 from .saving import input_fingerprint, metadata_chunks, output_slot
 
 
@@ -41,6 +44,39 @@ class VAEEncode(Node):
         h, w = pixels.shape[1] // 8 * 8, pixels.shape[2] // 8 * 8
         top, left = (pixels.shape[1] % 8) // 2, (pixels.shape[2] % 8) // 2
         return ({"samples": vae.encode(pixels[:, top:top + h, left:left + w, :])},)
+
+
+class VAEEncodeForInpaint(Node):
+    type = "VAEEncodeForInpaint"
+    display_name = "VAE Encode (for Inpainting)"
+    category = "latent/inpaint"
+    description = ("Encodes the image with the masked pixels set to grey, for inpainting models; the noise mask "
+                   "is the mask grown by grow_mask_by pixels.")
+    inputs = (Input("pixels", "IMAGE"), Input("vae", "VAE"), Input("mask", "MASK"),
+              Input("grow_mask_by", "INT", default=6, min=0, max=64, step=1))
+    outputs = (Output("LATENT"),)
+
+    def run(self, ctx: Any, pixels: torch.Tensor, vae: Any, mask: torch.Tensor, grow_mask_by: int) -> tuple[Any, ...]:
+        h, w = pixels.shape[1] // 8 * 8, pixels.shape[2] // 8 * 8
+        mask = torch.nn.functional.interpolate(mask.reshape((-1, 1, mask.shape[-2], mask.shape[-1])).float(),
+                                               size=(pixels.shape[1], pixels.shape[2]), mode="bilinear")
+        pixels = pixels.clone()
+        if (pixels.shape[1], pixels.shape[2]) != (h, w):  # centre crop to a multiple of 8, as VAEEncode
+            top, left = (pixels.shape[1] % 8) // 2, (pixels.shape[2] % 8) // 2
+            pixels = pixels[:, top:top + h, left:left + w, :]
+            mask = mask[:, :, top:top + h, left:left + w]
+        if grow_mask_by == 0:
+            grown = mask
+        else:  # a box filter over the rounded mask: the noise mask reaches a few pixels past the hole
+            kernel = torch.ones((1, 1, grow_mask_by, grow_mask_by))
+            padding = math.ceil((grow_mask_by - 1) / 2)
+            grown = torch.clamp(torch.nn.functional.conv2d(mask.round(), kernel, padding=padding), 0, 1)
+        keep = (1.0 - mask.round()).squeeze(1).to(pixels)
+        for channel in range(3):  # masked pixels become 0.5 grey, the rest is unchanged
+            pixels[:, :, :, channel] -= 0.5
+            pixels[:, :, :, channel] *= keep
+            pixels[:, :, :, channel] += 0.5
+        return ({"samples": vae.encode(pixels), "noise_mask": grown[:, :, :h, :w].round()},)
 
 
 def image_files() -> list[str]:
@@ -91,14 +127,29 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return np.clip(255.0 * images.float().cpu().numpy(), 0, 255).astype(np.uint8)
 
 
+def provenance_chunks(ctx: Any) -> tuple[dict[str, str], dict[str, Any]]:
+    """ComfyUI's `prompt`/`workflow` chunks, the workflow stamped with its `models` manifest and Sumi's format
+    version, and Sumi's provenance record (model hashes, versions, device, precision)."""
+    extra = dict(ctx.extra_pnginfo or {})
+    workflow = extra.get("workflow")
+    known = workflow.get("models") if isinstance(workflow, dict) else None
+    record = provenance.record(ctx.prompt or {}, known if isinstance(known, list) else None)
+    if isinstance(workflow, dict):
+        extra["workflow"] = formats.stamp({**workflow, "models": record["models"]})
+    return metadata_chunks(ctx.prompt, extra), record
+
+
 def save_images(ctx: Any, images: torch.Tensor, prefix: str, kind: str, compress_level: int) -> Result:
     root = paths.FOLDERS.output if kind == "output" else paths.FOLDERS.temp
     folder, stem, subfolder, counter = output_slot(root, prefix, "png", images.shape[2], images.shape[1])
-    info = PngInfo()
-    for key, value in metadata_chunks(ctx.prompt, ctx.extra_pnginfo).items():
-        info.add_text(key, value)
+    chunks, record = provenance_chunks(ctx)
     saved = []
     for index, pixels in enumerate(to_uint8(images)):
+        info = PngInfo()
+        for key, value in chunks.items():
+            info.add_text(key, value)
+        # Which node and batch index wrote this file: `run --verify` compares against that output.
+        info.add_text("sumi", json.dumps({**record, "node": ctx.node_id, "batch_index": index}))
         name = f"{stem.replace('%batch_num%', str(index))}_{counter:05}_.png"
         Image.fromarray(pixels).save(folder / name, pnginfo=info, compress_level=compress_level)
         saved.append({"filename": name, "subfolder": subfolder, "type": kind})
@@ -121,6 +172,28 @@ class SaveImage(Node):
         return save_images(ctx, images, filename_prefix, "output", 4)
 
 
+class SaveImageWebsocket(Node):
+    type = "SaveImageWebsocket"
+    display_name = "Save Image (Websocket)"
+    category = "api node/image"
+    description = "Sends each image to the client that queued the prompt as a binary websocket frame (PNG), " \
+                  "saving nothing: for API clients that read their outputs from the websocket."
+    output_node = True
+    determinism = Determinism.VOLATILE  # an output sent, not stored: every run must send it again
+    inputs = (Input("images", "IMAGE", tooltip="The images to send."),)
+
+    @classmethod
+    def fingerprint(cls, **constants: Any) -> str:
+        return uuid.uuid4().hex
+
+    def run(self, ctx: Any, images: torch.Tensor) -> Result:
+        batch = to_uint8(images)
+        for index, pixels in enumerate(batch):
+            ctx.progress(index + 1, len(batch))
+            ctx.send_image(Image.fromarray(pixels), "PNG")
+        return Result((), None)
+
+
 class PreviewImage(Node):
     type = "PreviewImage"
     display_name = "Preview Image"
@@ -135,4 +208,4 @@ class PreviewImage(Node):
         return save_images(ctx, images, f"ComfyUI_temp_{suffix}", "temp", 1)
 
 
-NODES = (VAEDecode, VAEEncode, LoadImage, SaveImage, PreviewImage)
+NODES = (VAEDecode, VAEEncode, VAEEncodeForInpaint, LoadImage, SaveImage, SaveImageWebsocket, PreviewImage)

@@ -56,17 +56,22 @@ def _bislerp(samples: torch.Tensor, width: int, height: int) -> torch.Tensor:
     return along(along(samples.float(), height, 2), width, 3).to(samples.dtype)
 
 
+def centre_crop(samples: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """Crop [..., H, W] symmetrically to the aspect ratio of width × height (ComfyUI's "center" crop)."""
+    old_w, old_h = samples.shape[-1], samples.shape[-2]
+    old_aspect, new_aspect = old_w / old_h, width / height
+    x = y = 0
+    if old_aspect > new_aspect:
+        x = round((old_w - old_w * (new_aspect / old_aspect)) / 2)
+    elif old_aspect < new_aspect:
+        y = round((old_h - old_h * (old_aspect / new_aspect)) / 2)
+    return samples[..., y:old_h - y, x:old_w - x]
+
+
 def upscale(samples: torch.Tensor, width: int, height: int, method: str, crop: str) -> torch.Tensor:
     """Resize [B,C,H,W] to (height, width), optionally centre-cropping to the new aspect ratio first."""
     if crop == "center":
-        old_w, old_h = samples.shape[-1], samples.shape[-2]
-        old_aspect, new_aspect = old_w / old_h, width / height
-        x = y = 0
-        if old_aspect > new_aspect:
-            x = round((old_w - old_w * (new_aspect / old_aspect)) / 2)
-        elif old_aspect < new_aspect:
-            y = round((old_h - old_h * (old_aspect / new_aspect)) / 2)
-        samples = samples[..., y:old_h - y, x:old_w - x]
+        samples = centre_crop(samples, width, height)
     if method == "bislerp":
         return _bislerp(samples, width, height)
     return F.interpolate(samples, size=(height, width), mode=method)

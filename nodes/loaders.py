@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from executor.schema import Determinism, Input, Node, Output
 
@@ -47,6 +47,8 @@ class CheckpointLoaderSimple(Node):
     cache_pool = "models"
     # depends on the world: the file's content and the device/precision policy (see `fingerprint`)
     determinism = Determinism.VOLATILE
+    # This input names a model file in the `checkpoints` folders (read by nodes.manifest).
+    model_files: ClassVar[dict[str, str]] = {"ckpt_name": "checkpoints"}
     inputs = (Input("ckpt_name", "COMBO", options=checkpoint_names, tooltip="The checkpoint file to load.",
                     missing_hint=paths.missing_model_hint("checkpoints")),)
     outputs = (Output("MODEL", tooltip="The denoising model."), Output("CLIP", tooltip="The text encoder."),
@@ -141,6 +143,7 @@ class LoraLoader(Node):
     category = "loaders"
     description = ("Applies a LoRA (kohya/A1111, LoCon, diffusers/PEFT names) to the model and the text encoder, "
                    "as patches over the shared weights: the loaded checkpoint itself never changes.")
+    model_files: ClassVar[dict[str, str]] = {"lora_name": "loras"}
     determinism = Determinism.VOLATILE  # the LoRA file's content
     inputs = (Input("model", "MODEL", tooltip="The diffusion model the LoRA will be applied to."),
               Input("clip", "CLIP", tooltip="The CLIP model the LoRA will be applied to."),
@@ -168,6 +171,7 @@ class LoraLoaderModelOnly(Node):
     type = "LoraLoaderModelOnly"
     category = "loaders"
     description = "Applies a LoRA to the diffusion model only."
+    model_files: ClassVar[dict[str, str]] = {"lora_name": "loras"}
     determinism = Determinism.VOLATILE
     inputs = (Input("model", "MODEL"),
               Input("lora_name", "COMBO", options=lora_names, missing_hint=paths.missing_model_hint("loras")),
@@ -225,6 +229,7 @@ class UNETLoader(Node):
     category = "advanced/loaders"
     description = "Loads a diffusion model (UNet) file of SD1.x, SD2.x, SDXL or the SDXL refiner on its own."
     cache_pool = "models"
+    model_files: ClassVar[dict[str, str]] = {"unet_name": "diffusion_models"}
     determinism = Determinism.VOLATILE
     inputs = (Input("unet_name", "COMBO", options=lambda: paths.list_models("diffusion_models"),
                     missing_hint=paths.missing_model_hint("diffusion_models")),
@@ -252,6 +257,7 @@ class CLIPLoader(Node):
     category = "advanced/loaders"
     description = "Loads a text encoder file: type stable_diffusion takes CLIP-L (SD1.x) or OpenCLIP-H (SD2.x)."
     cache_pool = "models"
+    model_files: ClassVar[dict[str, str]] = {"clip_name": "text_encoders"}
     determinism = Determinism.VOLATILE
     inputs = (Input("clip_name", "COMBO", options=lambda: paths.list_models("text_encoders"),
                     missing_hint=paths.missing_model_hint("text_encoders")),
@@ -278,6 +284,7 @@ class DualCLIPLoader(Node):
     category = "advanced/loaders"
     description = "Loads two text encoder files: type sdxl takes CLIP-L and OpenCLIP-bigG."
     cache_pool = "models"
+    model_files: ClassVar[dict[str, str]] = {"clip_name1": "text_encoders", "clip_name2": "text_encoders"}
     determinism = Determinism.VOLATILE
     inputs = (Input("clip_name1", "COMBO", options=lambda: paths.list_models("text_encoders"),
                     missing_hint=paths.missing_model_hint("text_encoders")),
@@ -311,6 +318,7 @@ class VAELoader(Node):
     display_name = "Load VAE"
     category = "loaders"
     cache_pool = "models"
+    model_files: ClassVar[dict[str, str]] = {"vae_name": "vae"}
     determinism = Determinism.VOLATILE
     inputs = (Input("vae_name", "COMBO", options=lambda: paths.list_models("vae"),
                     missing_hint=paths.missing_model_hint("vae")),)
@@ -334,6 +342,7 @@ class ControlNetLoader(Node):
     category = "loaders"
     description = "Loads an original single-file ControlNet (control_model.*) for SD1.x, SD2.x or SDXL."
     cache_pool = "models"
+    model_files: ClassVar[dict[str, str]] = {"control_net_name": "controlnet"}
     determinism = Determinism.VOLATILE
     inputs = (Input("control_net_name", "COMBO",
                     options=lambda: sorted({*paths.list_models("controlnet"), *models.TINY_CONTROLNETS}),

@@ -7,6 +7,8 @@ Model folders are keyed as in ComfyUI (`checkpoints`, `loras`, `vae`, `controlne
 from __future__ import annotations
 
 import os
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -116,19 +118,78 @@ def model_dirs(kind: str) -> list[Path]:
     return FOLDERS.models.get(ALIASES.get(kind, kind), [])
 
 
+def _scan(folder: Path, extensions: tuple[str, ...]) -> tuple[list[str], dict[str, float]]:
+    """(relative names of matching files, {directory walked: its mtime}) for one folder tree."""
+    names, mtimes = [], {}
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        try:
+            mtimes[dirpath] = os.stat(dirpath).st_mtime
+        except OSError:
+            continue
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.lower().endswith(extensions):
+                names.append(os.path.relpath(os.path.join(dirpath, name), folder).replace(os.sep, "/"))
+    return names, mtimes
+
+
+# (folder, extensions) → (names, {dir: mtime}, scan time); re-walked only when one of its directories changed.
+_LISTINGS: dict[tuple[str, tuple[str, ...]], tuple[list[str], dict[str, float], float]] = {}
+_LISTINGS_LOCK = threading.Lock()
+
+
+RACY_SECONDS = 2.0  # a directory changed this close to its scan may change again within one mtime tick
+
+
+def _still_valid(mtimes: dict[str, float], scanned_at: float) -> bool:
+    """Adding, removing or renaming a file changes its directory's mtime, so unchanged mtimes mean the same
+    listing (the check costs one stat per directory, not one per file). A directory modified just before
+    the scan is never trusted (git's "racy" rule): a second change in the same tick would not show."""
+    try:
+        return all(os.stat(d).st_mtime == m and m < scanned_at - RACY_SECONDS for d, m in mtimes.items())
+    except OSError:
+        return False
+
+
+def _listing(folder: Path, extensions: tuple[str, ...]) -> list[str]:
+    key = (str(folder), extensions)
+    with _LISTINGS_LOCK:
+        cached = _LISTINGS.get(key)
+    if cached is not None and _still_valid(cached[1], cached[2]):
+        return cached[0]
+    scanned_at = time.time()
+    names, mtimes = _scan(folder, extensions)
+    with _LISTINGS_LOCK:
+        _LISTINGS[key] = (names, mtimes, scanned_at)
+    return names
+
+
 def list_models(kind: str, extensions: tuple[str, ...] = MODEL_EXTENSIONS) -> list[str]:
-    """Relative names (subfolders with '/') of the model files of one kind, sorted, first folder wins."""
+    """Relative names (subfolders with '/') of the model files of one kind, sorted, first folder wins.
+
+    Each folder's listing is cached and re-read only when a directory in it changed (as ComfyUI does), so
+    /object_info, read on every front-end start, does not walk thousands of files each time."""
     names: dict[str, None] = {}
     for folder in model_dirs(kind):
         if not folder.is_dir():
             continue
-        for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for name in sorted(filenames):
-                if name.lower().endswith(extensions):
-                    rel = os.path.relpath(os.path.join(dirpath, name), folder).replace(os.sep, "/")
-                    names.setdefault(rel, None)
+        for rel in _listing(folder, extensions):
+            names.setdefault(rel, None)
     return sorted(names)
+
+
+def list_models_in(folder: Path, extensions: tuple[str, ...] = MODEL_EXTENSIONS) -> list[str]:
+    """Relative names (subfolders with '/') of the model files in one folder, sorted (cached as list_models is)."""
+    return sorted(_listing(folder, extensions)) if folder.is_dir() else []
+
+
+def model_files(kind: str, extensions: tuple[str, ...] = MODEL_EXTENSIONS) -> list[tuple[int, str]]:
+    """(index of the folder in model_dirs(kind), relative name) of every model file, folder by folder."""
+    found = []
+    for index, folder in enumerate(model_dirs(kind)):
+        if folder.is_dir():
+            found += [(index, rel) for rel in _listing(folder, extensions)]
+    return found
 
 
 def find_model(kind: str, name: str) -> Path | None:

@@ -9,10 +9,14 @@ runs as a workflow and reproduces the same file.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
+import sqlite3
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -26,7 +30,14 @@ SWEEP = ["run", "workflows/txt2img.json", "--set", "KSampler.seed=1,2", "--set",
          "5.height=64", "--set", "KSampler.steps=2"]
 NODE_TYPES = {"CheckpointLoaderSimple", "CLIPTextEncode", "CLIPSetLastLayer", "KSampler", "KSamplerAdvanced",
               "EmptyLatentImage", "LatentUpscale", "LatentUpscaleBy", "SaveLatent", "LoadLatent", "VAEDecode",
-              "VAEEncode", "LoadImage", "SaveImage", "PreviewImage"}
+              "VAEEncode", "LoadImage", "SaveImage", "SaveImageWebsocket", "PreviewImage"}
+TOOL_NODE_TYPES = {"VAEEncodeForInpaint", "LatentComposite", "LatentCompositeMasked", "RepeatLatentBatch",
+                   "LatentFromBatch", "LatentBlend", "SetLatentNoiseMask", "ImageInvert", "ImageCrop", "ImageBatch",
+                   "ImageBlend", "ImageCompositeMasked", "EmptyImage", "GetImageSize", "ImageScale", "ImageScaleBy",
+                   "ImageScaleToTotalPixels", "ImagePadForOutpaint", "Canny", "ImageToMask", "MaskToImage",
+                   "InvertMask", "GrowMask", "FeatherMask", "SolidMask", "ThresholdMask", "MaskComposite",
+                   "MaskPreview", "LoadImageMask", "PrimitiveInt", "PrimitiveFloat", "PrimitiveString",
+                   "PrimitiveStringMultiline", "PrimitiveBoolean"}
 # model families, conditioning and custom sampling (issue 9)
 NODE_TYPES |= {"CLIPTextEncodeSDXL", "CLIPTextEncodeSDXLRefiner", "ModelSamplingDiscrete", "ConditioningCombine",
                "ConditioningAverage", "ConditioningConcat", "ConditioningSetArea", "ConditioningSetAreaPercentage",
@@ -34,8 +45,7 @@ NODE_TYPES |= {"CLIPTextEncodeSDXL", "CLIPTextEncodeSDXLRefiner", "ModelSampling
                "SamplerCustomAdvanced", "KSamplerSelect", "BasicScheduler", "KarrasScheduler", "ExponentialScheduler",
                "SDTurboScheduler", "SplitSigmas", "RandomNoise", "DisableNoise", "CFGGuider", "BasicGuider",
                "LoraLoader", "LoraLoaderModelOnly", "UNETLoader", "CLIPLoader", "DualCLIPLoader", "VAELoader",
-               "ControlNetLoader", "ControlNetApplyAdvanced", "ControlNetApply", "VAEEncodeForInpaint",
-               "InpaintModelConditioning"}
+               "ControlNetLoader", "ControlNetApplyAdvanced", "ControlNetApply", "InpaintModelConditioning"}
 HEAVY = ("torch", "diffusers", "transformers", "safetensors", "numpy")
 
 
@@ -240,7 +250,8 @@ def test_nodes_json_is_object_info_for_every_node_type(base: Path) -> None:
     proc = cli(base, "nodes", "--json")
     assert proc.returncode == 0, proc.stderr
     info = json.loads(proc.stdout)
-    assert set(info) == NODE_TYPES
+    # the node types, and the shipped component at its latest and pinned version
+    assert set(info) == NODE_TYPES | TOOL_NODE_TYPES | {"component/txt2img_tiny", "component/txt2img_tiny@1"}
     for name, entry in info.items():
         assert entry["name"] == name
         assert isinstance(entry["display_name"], str) and entry["display_name"]
@@ -287,3 +298,218 @@ def test_build_parser_imports_nothing_heavy() -> None:
     proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == []
+
+
+def test_subgraph_workflow_runs_to_the_flat_pixels_and_errors_name_the_inner_node(base: Path, tmp_path: Path) -> None:
+    """ComfyUI's front end's save of txt2img with three nested subgraphs (seed promoted to the outermost and set
+    to 7) gives the flat workflow's pixels; a bad value inside names the node by its path."""
+    fixture = json.loads((REPO / "tests" / "fixtures" / "subgraphs" / "frontend_nested3.json").read_text())
+    flat = txt2img()
+    flat["3"]["inputs"].update(seed=7, steps=3)
+    flat["5"]["inputs"].update(width=64, height=64)
+    images = []
+    for name, workflow in (("flat", flat), ("nested", fixture["workflow"])):
+        proc = cli(base, "run", write_workflow(tmp_path / f"{name}.json", workflow))
+        assert proc.returncode == 0, proc.stderr
+        with Image.open(proc.stdout.split()[0]) as img:
+            images.append(img.tobytes())
+            if name == "nested":  # the editor graph comes back in the PNG with its model manifest
+                (model,) = json.loads(img.text["workflow"])["models"]
+                assert (model["name"], model["directory"], model["hash_type"]) == (CKPT, "checkpoints", "sha256")
+                assert len(model["hash"]) == 64
+    assert images[0] == images[1]
+    broken = json.loads(json.dumps(fixture["workflow"]))
+    sampler_graph = next(g for g in broken["definitions"]["subgraphs"] if any(n["type"] == "KSampler"
+                                                                              for n in g["nodes"]))
+    sampler = next(n for n in sampler_graph["nodes"] if n["type"] == "KSampler")
+    sampler["widgets_values"][2] = 0  # steps below the minimum of 1
+    proc = cli(base, "validate", write_workflow(tmp_path / "broken.json", broken), "--json")
+    assert proc.returncode == 2
+    (error,) = json.loads(proc.stdout)["data"]["errors"]
+    assert (error["node_id"], error["class_type"], error["input_name"], error["path"]) == (
+        "12:11:3", "KSampler", "steps", ["12", "11", "3"])
+
+
+def small_workflow(ckpt: str) -> dict[str, Any]:
+    prompt = txt2img()
+    prompt["3"]["inputs"].update(steps=2)
+    prompt["5"]["inputs"].update(width=64, height=64)
+    prompt["4"]["inputs"]["ckpt_name"] = ckpt
+    return prompt
+
+
+def base_with(root: Path, checkpoint: Path, name: str | None) -> Path:
+    (root / "models" / "checkpoints").mkdir(parents=True)
+    if name:
+        shutil.copy2(checkpoint, root / "models" / "checkpoints" / name)  # a copy: its own path and index entry
+    return root
+
+
+def test_a_saved_workflow_finds_its_renamed_model_by_hash_and_reports_an_absent_one(
+        tmp_path: Path, tiny_checkpoint: Path) -> None:
+    """Saved on one Sumi (base A), opened on another with the model renamed (B): it runs, to the same pixels.
+    With the model absent (C): one report with the hash and the folders searched, exit 2, nothing run."""
+    digest = hashlib.sha256(tiny_checkpoint.read_bytes()).hexdigest()
+    a = base_with(tmp_path / "a", tiny_checkpoint, "mine.safetensors")
+    proc = cli(a, "run", write_workflow(tmp_path / "wf.json", small_workflow("mine.safetensors")),
+               "--save-workflow", str(tmp_path / "shared.json"))
+    assert proc.returncode == 0, proc.stderr
+    shared = json.loads((tmp_path / "shared.json").read_text())
+    assert shared["models"] == [{"name": "mine.safetensors", "directory": "checkpoints", "hash": digest,
+                                 "hash_type": "sha256"}]
+    assert shared["sumi"] == {"format_version": 1}
+    with Image.open(proc.stdout.split()[0]) as img:
+        original = img.tobytes()
+
+    b = base_with(tmp_path / "b", tiny_checkpoint, "renamed.safetensors")
+    proc = cli(b, "run", str(tmp_path / "shared.json"))
+    assert proc.returncode == 0, proc.stderr
+    assert "model checkpoints/mine.safetensors found by its hash as renamed.safetensors" in proc.stderr
+    with Image.open(proc.stdout.split()[0]) as img:
+        assert img.tobytes() == original
+    # A second open reads no model file: the index answers (its rows are not rewritten).
+    db = b / "user" / "model_hashes.db"
+    before = sqlite3.connect(db).execute("SELECT path, hashed_at FROM hashes").fetchall()
+    assert len(before) == 1
+    started = time.perf_counter()
+    assert cli(b, "validate", str(tmp_path / "shared.json")).returncode == 0
+    print(f"second open (validate, whole process): {time.perf_counter() - started:.2f}s")
+    assert sqlite3.connect(db).execute("SELECT path, hashed_at FROM hashes").fetchall() == before
+
+    c = base_with(tmp_path / "c", tiny_checkpoint, None)
+    proc = cli(c, "run", str(tmp_path / "shared.json"), "--json")
+    assert proc.returncode == 2
+    (line,) = proc.stdout.splitlines()
+    assert json.loads(line) == {"type": "missing_models", "data": {"models": [{
+        "node_id": "4", "class_type": "CheckpointLoaderSimple", "input_name": "ckpt_name", "name": "mine.safetensors",
+        "directory": "checkpoints", "expected_hash": digest, "url": None,
+        "searched": [str((c / "models" / "checkpoints").resolve())]}]}}
+    assert not (c / "output").exists() or not list((c / "output").iterdir())
+
+
+def test_verify_says_identical_then_names_the_precision_and_the_model_file(tmp_path: Path,
+                                                                           tiny_checkpoint: Path) -> None:
+    from nodes.diffusion.fixtures import build_tiny_checkpoint
+
+    base = base_with(tmp_path / "base", tiny_checkpoint, "mine.safetensors")
+    proc = cli(base, "run", write_workflow(tmp_path / "wf.json", small_workflow("mine.safetensors")))
+    assert proc.returncode == 0, proc.stderr
+    png = proc.stdout.split()[0]
+    with Image.open(png) as img:
+        record = json.loads(img.text["sumi"])
+    assert record["node"] == "9" and record["models"][0]["name"] == "mine.safetensors"
+    assert record["precision"]["unet"] == "float32" and record["device"] == "cpu"
+
+    def verify(*extra: str) -> dict[str, Any]:
+        proc = cli(base, "run", png, "--verify", "--json", *extra)
+        report = json.loads(proc.stdout.splitlines()[-1])["data"]
+        assert proc.returncode == (0 if report["identical"] else 1), proc.stderr
+        return report
+
+    same = verify()
+    assert same["identical"] and same["environment_differences"] == []
+    other_precision = verify("--precision", "bf16")
+    assert not other_precision["identical"] and other_precision["differing_values"] > 0
+    assert [d.split(":")[0] for d in other_precision["environment_differences"]] == ["precision"]
+    build_tiny_checkpoint(base / "models" / "checkpoints" / "mine.safetensors", seed=1)
+    other_model = verify()
+    assert not other_model["identical"]
+    (difference,) = other_model["environment_differences"]
+    old = record["models"][0]["hash"]
+    assert difference.startswith(f"model checkpoints/mine.safetensors: recorded sha256 {old}, now ")
+
+
+def test_a_png_from_the_sumi_before_format_versions_still_runs(base: Path, tmp_path: Path) -> None:
+    old = REPO / "tests" / "fixtures" / "formats" / "v0_txt2img.png"
+    proc = cli(base, "run", str(old), "--save-workflow", str(tmp_path / "again.json"))
+    assert proc.returncode == 0, proc.stderr
+    with Image.open(proc.stdout.split()[0]) as new, Image.open(old) as before:
+        assert new.tobytes() == before.tobytes()  # same pixels as the old Sumi wrote
+        assert json.loads(new.text["workflow"])["extra"]["sumi"] == {"format_version": 1}
+        assert json.loads(new.text["sumi"])["format_version"] == 1
+    assert json.loads((tmp_path / "again.json").read_text())["extra"]["sumi"] == {"format_version": 1}
+    newer = json.loads((tmp_path / "again.json").read_text())
+    newer["extra"]["sumi"]["format_version"] = 99
+    proc = cli(base, "validate", write_workflow(tmp_path / "newer.json", newer))
+    assert proc.returncode == 2 and "format version 99; this Sumi reads up to 1" in proc.stderr
+
+
+def test_components_save_version_list_and_run_from_the_command_line(base: Path, tmp_path: Path) -> None:
+    """A workflow saved as a component (v1); saving it unchanged keeps v1, a change makes v2; both run, the old
+    one pinned as component/NAME@1, in a second workflow and as a function with --input; a bad --input value
+    is a structured error naming the component input; the component is a node type in object_info."""
+    wf = write_workflow(tmp_path / "wf.json", small_workflow(CKPT))
+    save = ["components", "save", "tiny_gen", wf, "--input", "prompt=6.text", "--input", "seed=3.seed",
+            "--output", "image=8"]
+    proc = cli(base, *save)
+    assert proc.returncode == 0, proc.stderr
+    first = base.resolve() / "user" / "components" / "tiny_gen@1.json"
+    assert proc.stdout.strip() == f"saved component/tiny_gen version 1: {first}"
+    assert "unchanged, kept component/tiny_gen version 1" in cli(base, *save).stdout
+    changed = small_workflow(CKPT)
+    changed["3"]["inputs"]["steps"] = 3
+    save[3] = write_workflow(tmp_path / "wf2.json", changed)
+    assert "saved component/tiny_gen version 2" in cli(base, *save).stdout
+
+    listed = json.loads(cli(base, "components", "list", "--json").stdout)["data"]
+    mine = next(c for c in listed if c["type"] == "component/tiny_gen")
+    assert (mine["version"], mine["inputs"], mine["outputs"]) == (2, ["prompt", "seed"], ["image"])
+    info = json.loads(cli(base, "nodes", "--json").stdout)
+    assert {"component/tiny_gen", "component/tiny_gen@1", "component/tiny_gen@2"} <= set(info)
+    assert info["component/tiny_gen"]["input"]["optional"]["seed"][1]["default"] == 42
+
+    as_function = cli(base, "run", "component/tiny_gen@1", "--input", "seed=5")
+    assert as_function.returncode == 0, as_function.stderr
+    second = write_workflow(tmp_path / "second.json", {
+        "1": {"class_type": "component/tiny_gen@1", "inputs": {"seed": 5}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "second"}}})
+    in_workflow = cli(base, "run", second)
+    assert in_workflow.returncode == 0, in_workflow.stderr
+    with Image.open(as_function.stdout.split()[0]) as a, Image.open(in_workflow.stdout.split()[0]) as b:
+        assert a.tobytes() == b.tobytes()
+
+    bad = cli(base, "run", "component/tiny_gen", "--input", "seed=-1", "--json")
+    assert bad.returncode == 2
+    (error,) = json.loads(bad.stdout)["data"]["errors"]
+    assert (error["type"], error["node_id"], error["class_type"], error["input_name"]) == (
+        "value_smaller_than_min", "1", "component/tiny_gen", "seed")
+    unknown = cli(base, "run", "component/tiny_gen", "--input", "colour=red")
+    assert unknown.returncode == 2 and "component/tiny_gen has the inputs prompt (STRING), seed (INT)" in unknown.stderr
+
+
+def test_a_subgraph_becomes_a_component_that_gives_the_subgraph_pixels(base: Path, tmp_path: Path) -> None:
+    """The outermost subgraph of the front end's nested txt2img save becomes component/decoder: its inputs
+    (clip, model, vae and the promoted seed, declared like KSampler's seed) and its IMAGE output."""
+    fixture = json.loads((REPO / "tests" / "fixtures" / "subgraphs" / "frontend_nested3.json").read_text())
+    graph = write_workflow(tmp_path / "graph.json", fixture["workflow"])
+    outer = next(g for g in fixture["workflow"]["definitions"]["subgraphs"]
+                 if any(i["name"] == "vae" for i in g["inputs"]))
+    proc = cli(base, "components", "save", "decoder", graph, "--subgraph", outer["id"][:8], "--json")
+    assert proc.returncode == 0, proc.stderr
+    saved = json.loads(Path(json.loads(proc.stdout)["data"]["file"]).read_text())
+    assert [(i["name"], i["type"]) for i in saved["inputs"]] == [
+        ("clip", "CLIP"), ("model", "MODEL"), ("vae", "VAE"), ("seed", "INT")]
+    assert saved["inputs"][3]["default"] == 42 and saved["inputs"][3]["min"] == 0
+    assert saved["outputs"] == [{"name": "IMAGE", "type": "IMAGE", "from": ["8", 0]}]
+    use = write_workflow(tmp_path / "use.json", {
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CKPT}},
+        "1": {"class_type": "component/decoder", "inputs": {"clip": ["4", 1], "model": ["4", 0], "vae": ["4", 2],
+                                                             "seed": 7}},
+        "9": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "component"}}})
+    images = []
+    for workflow in (use, graph):
+        proc = cli(base, "run", workflow)
+        assert proc.returncode == 0, proc.stderr
+        with Image.open(proc.stdout.split()[0]) as img:
+            images.append(img.tobytes())
+    assert images[0] == images[1]
+
+
+def test_models_hash_fills_the_index_once(base: Path) -> None:
+    first = cli(base, "models", "hash", "--json")
+    assert first.returncode == 0, first.stderr
+    data = json.loads(first.stdout)["data"]
+    assert (data["files"], data["hashed"]) == (1, 1) and data["bytes"] > 1_000_000
+    assert data["index"] == str(base.resolve() / "user" / "model_hashes.db")
+    again = json.loads(cli(base, "models", "hash", "--json").stdout)["data"]
+    assert (again["files"], again["hashed"], again["bytes"]) == (1, 0, 0)

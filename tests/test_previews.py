@@ -51,7 +51,7 @@ def test_preview_methods() -> None:
     with pytest.raises(ValueError, match="taesd"):
         preview.enabled("taesd")
     parser = main.build_parser()
-    assert parser.parse_args(["serve"]).preview_method == "auto"
+    assert parser.parse_args(["serve"]).preview_method is None  # unset: previews only for clients that ask
     assert parser.parse_args(["serve", "--preview-method", "none"]).preview_method == "none"
     with pytest.raises(SystemExit):
         parser.parse_args(["serve", "--preview-method", "taesd"])

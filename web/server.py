@@ -15,8 +15,10 @@ import platform
 import socket
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import networkx as nx
 from aiohttp import web
 
 from executor.dispatch import Dispatcher
@@ -24,14 +26,20 @@ from executor.errors import ValidationFailed
 from executor.queue import DuplicatePromptId
 from executor.schema import Registry
 from executor.ui_format import is_ui_format, ui_to_api
-from executor.validate import ancestors_of
+from executor.validate import graph_of
 from executor.workflow import parse_api
 from nodes import devices, paths
 
-from . import files
+from . import editor_api, files, models, models_check, run_route
+from .catalog import Catalog
+from .extensions import Extensions
 from .files import error
-from .hub import Hub
+from .hub import PREVIEW_METHODS, Hub
+from .internal import Internal
+from .jobs import Jobs
 from .security import allowed_hosts, is_loopback, origin_middleware, token_middleware
+from .static import add_front_end
+from .userdata import UserData
 
 log = logging.getLogger("sumi.web")
 MiB = 1024 * 1024
@@ -47,6 +55,9 @@ class ServerConfig:
     cors_origin: str | None = None  # --enable-cors-header: the one origin allowed besides the server's own
     max_upload_size: int = 100 * MiB
     start_worker: bool = True
+    front_end_root: Path | None = None  # the static front end at `/` (None: Sumi's editor)
+    user_directory: Path | None = None  # settings, workflows, blueprints (default: BASE/user)
+    preview_method: str | None = None  # --preview-method when given; None: previews only for clients that ask
 
 
 def create_app(dispatcher: Dispatcher, registry: Registry, config: ServerConfig | None = None) -> web.Application:
@@ -63,11 +74,22 @@ def create_app(dispatcher: Dispatcher, registry: Registry, config: ServerConfig 
     api = Api(dispatcher, registry, config)
     app[API_KEY] = api
     app[files.UPLOAD_LIMIT] = config.max_upload_size
-    for method, path, handler in api.routes() + files.routes():
+    userdata = UserData(config.user_directory or paths.FOLDERS.user)
+    extensions = Extensions(config.front_end_root)
+    catalog = Catalog(registry)
+    internal = Internal(api.hub.post)
+    routes = api.routes() + files.routes() + editor_api.routes(registry) + userdata.routes() + \
+        extensions.routes() + Jobs(dispatcher).routes() + catalog.routes() + models.routes() + internal.routes() + \
+        run_route.routes(api)
+    for method, path, handler in routes:
         app.router.add_route(method, path, handler)
         app.router.add_route(method, "/api" + path, handler)
-    app.on_startup.append(api.on_startup)
-    app.on_cleanup.append(api.on_cleanup)
+    for method, path, handler in extensions.static_routes() + catalog.static_routes():
+        app.router.add_route(method, path, handler)
+    add_front_end(app, config.front_end_root)  # last: a front-end file never shadows a route
+    app.on_startup.extend([userdata.on_startup, api.on_startup, internal.on_startup])
+    app.on_shutdown.append(lambda _: api.hub.close_sockets())
+    app.on_cleanup.extend([internal.on_cleanup, api.on_cleanup])
     return app
 
 
@@ -89,8 +111,10 @@ class Api:
         self.dispatcher = dispatcher
         self.registry = registry
         self.config = config
-        self.hub = Hub(dispatcher, self.features_data())
+        self.hub = Hub(dispatcher, self.features_data(), preview_method=config.preview_method)
         self._unsubscribe: Any = None
+        if getattr(dispatcher, "preview_policy", False) is None:  # a local worker: previews only when asked
+            dispatcher.preview_policy = lambda item: self.hub.wants_previews(item.extra_data)  # type: ignore
 
     def routes(self) -> list[tuple[str, str, Any]]:
         return [
@@ -135,6 +159,10 @@ class Api:
             return error(400, "invalid_request", "extra_data must be an object, partial_execution_targets a list")
         if "client_id" in body:
             extra = {**extra, "client_id": body["client_id"]}
+        method = extra.get("preview_method")
+        if method is not None and method not in (*PREVIEW_METHODS, "default"):
+            return error(400, "invalid_request", f"extra_data.preview_method must be one of "
+                                                 f"{', '.join((*PREVIEW_METHODS, 'default'))}")
         number = None
         if body.get("number") is not None:
             try:
@@ -144,6 +172,9 @@ class Api:
             if not math.isfinite(number):
                 return error(400, "invalid_request", "number must be a finite number")
         prompt_id = body.get("prompt_id")
+        if prompt_id is not None and not valid_prompt_id(prompt_id):
+            return error(400, "invalid_prompt_id", "prompt_id must be a string of 1 to 128 visible characters "
+                                                   "(clients send a UUID)")
         prompt = body["prompt"]
         if is_ui_format(prompt):
             # The editor's graph format is converted here, with the node schemas, and kept as the PNG's workflow.
@@ -153,15 +184,19 @@ class Api:
                 return web.json_response(validation_response(prompt, failed, self.registry), status=400)
             pnginfo = {"workflow": body["prompt"], **(extra.get("extra_pnginfo") or {})}
             extra = {**extra, "extra_pnginfo": pnginfo}
+        missing = await asyncio.to_thread(models_check.check, prompt, models_check.manifest_of(body["prompt"], extra))
+        if missing:
+            return web.json_response(validation_response(prompt, ValidationFailed(missing), self.registry), status=400)
         try:
             submitted = await asyncio.to_thread(
-                self.dispatcher.submit, prompt, prompt_id=str(prompt_id) if prompt_id else None,
+                self.dispatcher.submit, prompt, prompt_id=prompt_id,
                 number=number, front=bool(body.get("front")), extra_data=extra,
                 targets=[str(t) for t in targets] if targets is not None else None)
         except ValidationFailed as failed:
             return web.json_response(validation_response(prompt, failed, self.registry), status=400)
-        except DuplicatePromptId as exc:
-            return error(400, "duplicate_prompt_id", str(exc))
+        except DuplicatePromptId:
+            return error(400, "duplicate_prompt_id", f"prompt_id {prompt_id!r} is already queued or in history: "
+                                                     "send a new UUID for each prompt")
         number_out = int(submitted.number) if float(submitted.number).is_integer() else submitted.number
         return web.json_response({"prompt_id": submitted.prompt_id, "number": number_out, "node_errors": {}})
 
@@ -257,6 +292,12 @@ class Api:
         return web.json_response(await asyncio.to_thread(paths.list_models, folder))
 
 
+def valid_prompt_id(value: Any) -> bool:
+    """A client's prompt_id: a non-empty string of visible characters (a UUID in practice), at most 128 long."""
+    return isinstance(value, str) and 0 < len(value) <= 128 and value.isprintable() and not any(
+        c.isspace() for c in value)
+
+
 def bindable_hosts(hosts: list[str]) -> list[str]:
     """The --listen addresses to bind: the IPv6 wildcard `::` is dropped, with a warning, where this machine has
     no IPv6, so bare `--listen` (`0.0.0.0,::`) falls back to 0.0.0.0. Other addresses are kept as given, so
@@ -285,8 +326,11 @@ def validation_response(prompt: Any, failed: ValidationFailed, registry: Registr
     wf, _ = parse_api(prompt)
     outputs = [nid for nid, spec in wf.nodes.items()
                if (cls := registry.get(spec.class_type)) is not None and cls.output_node]
+    # One walk per output, not one per (error, output) pair: a large broken graph stays fast to report on.
+    graph = graph_of(wf)
+    feeds = {out: nx.ancestors(graph, out) | {out} for out in outputs}
     for nid, entry in node_errors.items():
-        entry["dependent_outputs"] = [out for out in outputs if nid in ancestors_of(wf, [out])]
+        entry["dependent_outputs"] = [out for out in outputs if nid in feeds[out]]
     general = [e for e in failed.errors if e.node_id is None or e.type == "invalid_prompt"]
     if general:
         top = general[0].to_comfy()

@@ -1,7 +1,6 @@
 """The generic engine on toy nodes: ordering, pruning, every validation error, cycles, cache rules, events."""
 from __future__ import annotations
 
-import threading
 from typing import Any, ClassVar
 
 import pytest
@@ -191,7 +190,7 @@ def test_previews_reach_events_only_when_the_executor_wants_them() -> None:
     prompt = {"1": {"class_type": "Number", "inputs": {"value": 1}},
               "2": {"class_type": "Painter", "inputs": {"x": ["1", 0]}}}
     for previews, expected in ((False, []), (True, [{"image": "an image", "prompt_id": "p", "node": "2",
-                                                      "display_node": "2"}])):
+                                                      "display_node": "2", "parent_node": None}])):
         events: list[Any] = []
         Executor(reg, previews=previews).run(prompt, prompt_id="p", on_event=events.append)
         assert [e.data for e in events if e.type == "preview"] == expected
@@ -336,12 +335,21 @@ def test_interrupt_at_progress(ex: Executor) -> None:
         if e.type == "progress" and e.data["value"] == 2:
             ex.interrupt_flag.set()
 
+    CALLS.clear()
     result = ex.run(prompt, on_event=on_event)
     assert result.status == "interrupted"
-    assert [e.data["value"] for e in events if e.type == "progress"] == [1, 2]
+    assert [e.data["value"] for e in events if e.type == "progress"] == [1, 2]  # step 3 never reported
     last = next(e for e in events if e.type == "execution_interrupted").data
-    assert last["node_id"] == "2" and last["executed"] == ["1"]
-    assert isinstance(ex.interrupt_flag, threading.Event)
+    assert last["node_id"] == "2" and last["node_type"] == "Tensorize" and last["executed"] == ["1"]
+    # Nothing after the interrupted node ran or produced output, and its half-done value was not cached.
+    assert CALLS == ["1", "2"] and result.outputs == {} and "3" not in result.ran
+    assert [e.type for e in events][-2:] == ["execution_interrupted", "executing"]
+    assert events[-1].data == {"node": None, "prompt_id": result.prompt_id}
+    # The flag is cleared by the next run, which resumes from the cache: only the interrupted node onward runs.
+    CALLS.clear()
+    again = ex.run(prompt)
+    assert again.status == "success" and not ex.interrupt_flag.is_set()
+    assert CALLS == ["2", "3"] and again.outputs["3"] == {"sum": [4.0]}
 
 
 def test_lru_budget_evicts_and_reason_says_so() -> None:
@@ -404,3 +412,15 @@ def test_cache_counts_storage_shared_with_another_entry_once() -> None:
     weights = sum(p.numel() * 4 for p in base.parameters())
     assert stats["models"]["bytes"] == weights + 4096 and stats["outputs"]["bytes"] == 4096
     assert all(k in cache for k in ("base", "view1", "view2"))
+
+
+def test_object_info_declares_list_outputs() -> None:
+    class Batch(Node):
+        type = "Batch"
+        outputs = (Output("INT", "items", is_list=True), Output("INT", "count"))
+
+        def run(self, ctx: Any) -> tuple[Any, ...]:
+            return [1, 2], 2
+
+    info = Batch.object_info()
+    assert info["output_is_list"] == [True, False] and info["output_name"] == ["items", "count"]

@@ -531,3 +531,26 @@ def test_queue_status_is_one_snapshot(dispatcher: Any, monkeypatch: pytest.Monke
     monkeypatch.setattr(d.store, "pending", worker_claims_meanwhile)
     status = d.status()
     assert [i.prompt_id for i in status.pending + status.running] == [first.prompt_id]
+
+
+def test_database_from_before_job_lists_is_migrated(db: Path) -> None:
+    """A database made before the workflow_id column opens, keeps its items, and lists them as jobs."""
+    from executor import queue
+
+    db.parent.mkdir(parents=True)
+    old = sqlite3.connect(db)
+    old_schema = queue.SCHEMA.replace(",\n    workflow_id TEXT                         -- the editor workflow's "
+                                      "id (extra_pnginfo.workflow.id), for job lists", "")
+    old.executescript(old_schema)
+    assert "workflow_id" not in {row[1] for row in old.execute("PRAGMA table_info(items)")}
+    old.execute("INSERT INTO items (prompt_id, number, prompt, extra_data, outputs_to_execute, state, changed, "
+                "queued_at) VALUES ('old', 0, '{}', '{}', '[]', 'pending', 1, 5.0)")
+    old.commit()
+    old.close()
+    store = PromptStore(db)
+    rows, total = store.jobs()
+    assert total == 1 and rows[0].prompt_id == "old" and rows[0].workflow_id is None
+    store.enqueue("new", 1, PROMPT, {"extra_pnginfo": {"workflow": {"id": "w"}}}, ["1"])
+    assert [(r.prompt_id, r.workflow_id) for r in store.jobs(order="created", descending=False)[0]] == \
+        [("old", None), ("new", "w")]
+    store.close()

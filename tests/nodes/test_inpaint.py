@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from nodes import models, paths
-from nodes.inpaint import InpaintModelConditioning, VAEEncodeForInpaint
+from nodes.image import VAEEncodeForInpaint
+from nodes.inpaint import InpaintModelConditioning
 
 
 class FakeVAE:

@@ -427,7 +427,11 @@ def test_png_prompt_and_workflow_chunks(base: Path, ex: Executor) -> None:
     file = base / "output" / result.outputs["9"]["images"][0]["filename"]
     with Image.open(file) as png:
         assert json.loads(png.text["prompt"]) == sent
-        assert json.loads(png.text["workflow"]) == workflow
+        # The editor graph comes back stamped with its (here empty) model manifest and Sumi's format version.
+        assert json.loads(png.text["workflow"]) == {**workflow, "models": [], "extra": {"sumi": {"format_version": 1}}}
+        record = json.loads(png.text["sumi"])
+        assert (record["node"], record["batch_index"], record["models"]) == ("9", 0, [])
+        assert record["node_versions"] == {"LoadImage": 1, "SaveImage": 1} and record["device"] == "cpu"
     raw = file.read_bytes()
     assert b"tEXtprompt\x00" in raw and b"tEXtworkflow\x00" in raw
 

@@ -57,7 +57,7 @@ class Running:
         self.thread.join(10)
 
 
-def start_server(app: web.Application, dispatcher: LocalDispatcher, base: Path) -> Running:
+def start_server(app: web.Application, dispatcher: LocalDispatcher, base: Path, port_number: int = 0) -> Running:
     loop = asyncio.new_event_loop()
     runner = web.AppRunner(app, access_log=None)
     ready = threading.Event()
@@ -68,7 +68,7 @@ def start_server(app: web.Application, dispatcher: LocalDispatcher, base: Path) 
 
         async def up() -> None:
             await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
+            site = web.TCPSite(runner, "127.0.0.1", port_number)
             await site.start()
             port.append(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
 

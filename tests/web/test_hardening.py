@@ -34,7 +34,7 @@ from executor.runner import Event, Executor
 from nodes import build_registry, paths
 from web import ServerConfig, create_app
 from web import server as web_server
-from web.hub import Hub
+from web.hub import Client, Hub
 
 from .conftest import REPO
 
@@ -247,7 +247,7 @@ class FakeSocket:
     async def send_str(self, text: str) -> None:
         self.sent.append(json.loads(text))
 
-    async def close(self) -> None:
+    async def close(self, **kwargs: Any) -> None:
         pass
 
 
@@ -258,29 +258,35 @@ class FakeDispatcher:
         return self.remaining
 
 
-def hub_with(*sids: str) -> tuple[Hub, FakeDispatcher, dict[str, FakeSocket]]:
+async def hub_with(*sids: str) -> tuple[Hub, FakeDispatcher, dict[str, FakeSocket]]:
     dispatcher = FakeDispatcher()
     hub = Hub(dispatcher, {})
     sockets = {sid: FakeSocket() for sid in sids}
-    hub.sockets = sockets  # type: ignore[assignment]
+    for sid, ws in sockets.items():
+        await hub.attach(Client(sid, ws))  # type: ignore[arg-type]
     return hub, dispatcher, sockets
 
 
 def test_execution_interrupted_goes_to_the_submitter_or_to_all() -> None:
-    hub, _, sockets = hub_with("a", "b")
-    stopped = {"prompt_id": "p", "node_id": "3", "node_type": "KSampler", "executed": [], "timestamp": 1}
-    asyncio.run(hub.deliver(Event("execution_interrupted", stopped), "a"))
-    assert [len(s.sent) for s in sockets.values()] == [1, 0]
-    asyncio.run(hub.deliver(Event("execution_interrupted", stopped), None))  # no client_id: everyone
-    assert [len(s.sent) for s in sockets.values()] == [2, 1]
-    asyncio.run(hub.deliver(Event("execution_error", stopped), None))  # other execution events: nobody
-    assert [len(s.sent) for s in sockets.values()] == [2, 1]
+    async def scenario() -> None:
+        hub, _, sockets = await hub_with("a", "b")
+        stopped = {"prompt_id": "p", "node_id": "3", "node_type": "KSampler", "executed": [], "timestamp": 1}
+        await hub.deliver(Event("execution_interrupted", stopped), "a")
+        await hub.drain()
+        assert [len(s.sent) for s in sockets.values()] == [1, 0]
+        await hub.deliver(Event("execution_interrupted", stopped), None)  # no client_id: everyone
+        await hub.drain()
+        assert [len(s.sent) for s in sockets.values()] == [2, 1]
+        await hub.deliver(Event("execution_error", stopped), None)  # other execution events: nobody
+        await hub.drain()
+        assert [len(s.sent) for s in sockets.values()] == [2, 1]
+        await hub.stop()
+    asyncio.run(scenario())
 
 
 def test_status_carries_the_count_when_sent() -> None:
-    hub, dispatcher, sockets = hub_with("a")
-
-    async def scenario() -> None:
+    async def scenario() -> list[dict[str, Any]]:
+        hub, dispatcher, sockets = await hub_with("a")
         await hub.start()
         dispatcher.remaining = 5
         hub.post(Event("status", {}), None)
@@ -292,10 +298,11 @@ def test_status_carries_the_count_when_sent() -> None:
                 break
             await asyncio.sleep(0.01)
         await hub.stop()
+        return sockets["a"].sent
 
-    asyncio.run(scenario())
-    assert [m["data"]["status"]["exec_info"]["queue_remaining"] for m in sockets["a"].sent] == [0, 0]
-    assert all(m["type"] == "status" for m in sockets["a"].sent)
+    sent = asyncio.run(scenario())
+    assert [m["data"]["status"]["exec_info"]["queue_remaining"] for m in sent] == [0, 0]
+    assert all(m["type"] == "status" for m in sent)
 
 
 # -- starting ------------------------------------------------------------------------------------------------

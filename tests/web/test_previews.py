@@ -1,10 +1,14 @@
-"""Sampling previews and progress_state over the websocket, on a real server with the tiny checkpoint.
+"""Sampling previews, output frames and progress_state over the websocket, on real servers with the tiny model.
 
 Proves: with `--preview-method auto` every KSampler step sends a binary PREVIEW_IMAGE frame (type 1, format 1
 JPEG, an image that decodes) after that step's `progress`; a client that announced `supports_preview_metadata`
 in its first `feature_flags` message gets type 4 frames with the node/prompt metadata JSON instead (and the
-server's feature_flags reply and /features say it supports them); `--preview-method none` sends no frames;
-progress_state follows the sampler from running through every step to finished.
+server's feature_flags reply and /features say it supports them); `--preview-method none` sends no frames
+unless the prompt's `extra_data.preview_method` asks; progress_state follows the sampler from running through
+every step to finished. Without --preview-method (the default) only a client that asked gets previews: a
+client collecting binary frames as its outputs (ComfyUI's SaveImageWebsocket pattern) gets exactly its images,
+PNGs equal to what SaveImage wrote, and nothing else; one that asked (feature flags or extra_data) gets the
+previews too, and `preview_method: none` turns them off for that prompt.
 """
 from __future__ import annotations
 
@@ -41,12 +45,14 @@ def servers(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> 
         folder.mkdir(parents=True, exist_ok=True)
     running: dict[str, Running] = {}
     try:
-        for method in ("auto", "none"):
-            args = main.build_parser().parse_args(["serve", "--preview-method", method])
+        for method in ("auto", "none", "default"):
+            argv = ["serve"] if method == "default" else ["serve", "--preview-method", method]
+            args = main.build_parser().parse_args(argv)
             registry = build_registry()
             dispatcher = LocalDispatcher(PromptStore(base / "user" / f"{method}.db"),
                                          main.serve_executor(args, registry))
-            running[method] = start_server(create_app(dispatcher, registry, ServerConfig()), dispatcher, base)
+            config = ServerConfig(preview_method=args.preview_method)
+            running[method] = start_server(create_app(dispatcher, registry, config), dispatcher, base)
         yield running
     finally:
         for server in running.values():
@@ -56,7 +62,8 @@ def servers(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> 
 
 
 async def run_collecting(session: aiohttp.ClientSession, url: str, client_id: str, seed: int,
-                         features: dict[str, Any] | None = None) -> tuple[str, list[Any], dict[str, Any] | None]:
+                         features: dict[str, Any] | None = None, prompt: dict[str, Any] | None = None,
+                         **body: Any) -> tuple[str, list[Any], dict[str, Any] | None]:
     """(prompt_id, this prompt's text messages and binary frames in arrival order, the feature_flags reply)."""
     async with session.ws_connect(f"{url}/ws?clientId={client_id}") as ws:
         assert (await ws.receive_json(timeout=10))["type"] == "status"
@@ -66,8 +73,8 @@ async def run_collecting(session: aiohttp.ClientSession, url: str, client_id: st
             while reply is None:
                 message = await ws.receive_json(timeout=10)
                 reply = message["data"] if message["type"] == "feature_flags" else None
-        prompt = txt2img(seed=seed, text=f"preview {client_id}", steps=STEPS)
-        async with session.post(f"{url}/prompt", json={"prompt": prompt, "client_id": client_id}) as r:
+        prompt = prompt or txt2img(seed=seed, text=f"preview {client_id}", steps=STEPS)
+        async with session.post(f"{url}/prompt", json={"prompt": prompt, "client_id": client_id, **body}) as r:
             assert r.status == 200, await r.text()
             prompt_id = (await r.json())["prompt_id"]
         received: list[Any] = []
@@ -171,15 +178,81 @@ def test_preview_metadata_frames_after_feature_flags(servers: dict[str, Running]
         assert decode_jpeg(frame[8 + length:]).size == (8, 8)
 
 
-def test_preview_method_none_sends_no_frames(servers: dict[str, Running]) -> None:
-    async def scenario() -> list[Any]:
+def test_preview_method_none_sends_no_frames_unless_the_prompt_asks(servers: dict[str, Running]) -> None:
+    async def scenario() -> tuple[list[Any], list[Any]]:
         async with aiohttp.ClientSession() as s:
-            _, received, _ = await run_collecting(s, servers["none"].url, "quiet", seed=24,
-                                                  features={"supports_preview_metadata": True})
-            return received
+            _, quiet, _ = await run_collecting(s, servers["none"].url, "quiet", seed=24,
+                                               features={"supports_preview_metadata": True})
+            _, asked, _ = await run_collecting(s, servers["none"].url, "asks", seed=25,
+                                               extra_data={"preview_method": "auto"})
+            return quiet, asked
 
-    received = asyncio.run(scenario())
-    assert frames_of(received) == []
-    assert [m["data"]["value"] for m in received if m["type"] == "progress"] == list(range(1, STEPS + 1))
-    assert servers["none"].dispatcher.executor.previews is False
-    assert servers["auto"].dispatcher.executor.previews is True
+    quiet, asked = asyncio.run(scenario())
+    assert frames_of(quiet) == []
+    assert [m["data"]["value"] for m in quiet if m["type"] == "progress"] == list(range(1, STEPS + 1))
+    assert [struct.unpack(">II", f[:8]) for f in frames_of(asked)] == [(1, 1)] * STEPS
+
+
+def websocket_outputs(seed: int, batch: int = 2) -> dict[str, Any]:
+    """txt2img whose images go to the websocket (node "20") and to a file (node "9")."""
+    prompt = txt2img(seed=seed, text="websocket outputs", steps=STEPS)
+    prompt["5"]["inputs"]["batch_size"] = batch
+    prompt["20"] = {"class_type": "SaveImageWebsocket", "inputs": {"images": ["8", 0]}}
+    return prompt
+
+
+def output_frames(received: list[Any], node: str) -> list[bytes]:
+    """The binary frames received while `node` was executing: how ComfyUI's websocket examples read outputs."""
+    current, frames = None, []
+    for message in received:
+        if isinstance(message, bytes):
+            if current == node:
+                frames.append(message)
+        elif message["type"] == "executing":
+            current = message["data"]["node"]
+    return frames
+
+
+def test_default_sends_outputs_but_previews_only_to_clients_that_ask(servers: dict[str, Running]) -> None:
+    url = servers["default"].url
+
+    async def scenario() -> dict[str, tuple[str, list[Any]]]:
+        out = {}
+        async with aiohttp.ClientSession() as s:
+            for name, features, extra in (("script", None, None), ("flags", {"supports_preview_metadata": True}, None),
+                                          ("extra", None, {"preview_method": "auto"}),
+                                          ("off", {"supports_preview_metadata": True}, {"preview_method": "none"})):
+                body = {"extra_data": extra} if extra else {}
+                prompt_id, received, _ = await run_collecting(s, url, name, seed=30 + len(out), features=features,
+                                                              prompt=websocket_outputs(30 + len(out)), **body)
+                out[name] = (prompt_id, received)
+            async with s.get(f"{url}/history/{out['script'][0]}") as r:
+                saved = (await r.json())[out["script"][0]]["outputs"]["9"]["images"]
+        out["saved"] = ("", saved)
+        return out
+
+    runs = asyncio.run(scenario())
+    script = runs["script"][1]
+    frames = frames_of(script)
+    assert len(frames) == 2 and output_frames(script, "20") == frames  # exactly its two images, nothing else
+    for frame, record in zip(frames, runs["saved"][1], strict=True):
+        assert struct.unpack(">II", frame[:8]) == (1, 2)  # PREVIEW_IMAGE, PNG
+        with Image.open(io.BytesIO(frame[8:])) as sent, \
+                Image.open(paths.FOLDERS.output / record["subfolder"] / record["filename"]) as written:
+            assert sent.format == "PNG" and sent.size == (64, 64)
+            assert sent.convert("RGB").tobytes() == written.convert("RGB").tobytes()
+
+    flags = frames_of(runs["flags"][1])
+    heads = [struct.unpack(">II", f[:8]) for f in flags]
+    assert [h[0] for h in heads] == [4] * (STEPS + 2)  # the previews, then its two images, all with metadata
+    images = flags[STEPS:]
+    for frame in images:
+        length = struct.unpack(">I", frame[4:8])[0]
+        assert json.loads(frame[8:8 + length])["image_type"] == "image/png"
+        assert json.loads(frame[8:8 + length])["node_id"] == "20"
+    assert output_frames(runs["flags"][1], "20") == images
+
+    extra = frames_of(runs["extra"][1])
+    assert [struct.unpack(">II", f[:8]) for f in extra] == [(1, 1)] * STEPS + [(1, 2)] * 2
+    off = frames_of(runs["off"][1])
+    assert [struct.unpack(">II", f[:8])[0] for f in off] == [4, 4]  # its images only: no previews
