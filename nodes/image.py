@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import math
 import random
 import string
 import uuid
@@ -44,39 +43,6 @@ class VAEEncode(Node):
         h, w = pixels.shape[1] // 8 * 8, pixels.shape[2] // 8 * 8
         top, left = (pixels.shape[1] % 8) // 2, (pixels.shape[2] % 8) // 2
         return ({"samples": vae.encode(pixels[:, top:top + h, left:left + w, :])},)
-
-
-class VAEEncodeForInpaint(Node):
-    type = "VAEEncodeForInpaint"
-    display_name = "VAE Encode (for Inpainting)"
-    category = "latent/inpaint"
-    description = ("Encodes the image with the masked pixels set to grey, for inpainting models; the noise mask "
-                   "is the mask grown by grow_mask_by pixels.")
-    inputs = (Input("pixels", "IMAGE"), Input("vae", "VAE"), Input("mask", "MASK"),
-              Input("grow_mask_by", "INT", default=6, min=0, max=64, step=1))
-    outputs = (Output("LATENT"),)
-
-    def run(self, ctx: Any, pixels: torch.Tensor, vae: Any, mask: torch.Tensor, grow_mask_by: int) -> tuple[Any, ...]:
-        h, w = pixels.shape[1] // 8 * 8, pixels.shape[2] // 8 * 8
-        mask = torch.nn.functional.interpolate(mask.reshape((-1, 1, mask.shape[-2], mask.shape[-1])).float(),
-                                               size=(pixels.shape[1], pixels.shape[2]), mode="bilinear")
-        pixels = pixels.clone()
-        if (pixels.shape[1], pixels.shape[2]) != (h, w):  # centre crop to a multiple of 8, as VAEEncode
-            top, left = (pixels.shape[1] % 8) // 2, (pixels.shape[2] % 8) // 2
-            pixels = pixels[:, top:top + h, left:left + w, :]
-            mask = mask[:, :, top:top + h, left:left + w]
-        if grow_mask_by == 0:
-            grown = mask
-        else:  # a box filter over the rounded mask: the noise mask reaches a few pixels past the hole
-            kernel = torch.ones((1, 1, grow_mask_by, grow_mask_by))
-            padding = math.ceil((grow_mask_by - 1) / 2)
-            grown = torch.clamp(torch.nn.functional.conv2d(mask.round(), kernel, padding=padding), 0, 1)
-        keep = (1.0 - mask.round()).squeeze(1).to(pixels)
-        for channel in range(3):  # masked pixels become 0.5 grey, the rest is unchanged
-            pixels[:, :, :, channel] -= 0.5
-            pixels[:, :, :, channel] *= keep
-            pixels[:, :, :, channel] += 0.5
-        return ({"samples": vae.encode(pixels), "noise_mask": grown[:, :, :h, :w].round()},)
 
 
 def image_files() -> list[str]:
@@ -208,4 +174,4 @@ class PreviewImage(Node):
         return save_images(ctx, images, f"ComfyUI_temp_{suffix}", "temp", 1)
 
 
-NODES = (VAEDecode, VAEEncode, VAEEncodeForInpaint, LoadImage, SaveImage, SaveImageWebsocket, PreviewImage)
+NODES = (VAEDecode, VAEEncode, LoadImage, SaveImage, SaveImageWebsocket, PreviewImage)

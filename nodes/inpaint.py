@@ -1,8 +1,9 @@
-"""InpaintModelConditioning, with ComfyUI's names, inputs and arithmetic (masked pixels greyed to 0.5 before
-encoding, the inpainting UNet's extra inputs carried on the conditioning). VAEEncodeForInpaint is in nodes/image.py.
-The sampler side: nodes/models.py `inpaint_concat`, sample.py noise masks."""
+"""Inpainting: VAEEncodeForInpaint and InpaintModelConditioning, with ComfyUI's names, inputs and arithmetic
+(masked pixels greyed to 0.5 before encoding, the noise mask grown by a box filter, the inpainting UNet's extra
+inputs carried on the conditioning). The sampler side: nodes/models.py `inpaint_concat`, sample.py noise masks."""
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -33,6 +34,28 @@ def _grey_masked(pixels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return out
 
 
+class VAEEncodeForInpaint(Node):
+    type = "VAEEncodeForInpaint"
+    display_name = "VAE Encode (for Inpainting)"
+    category = "latent/inpaint"
+    description = ("Encodes the image with the masked pixels set to grey, for inpainting models; the noise mask "
+                   "is the mask grown by grow_mask_by pixels.")
+    inputs = (Input("pixels", "IMAGE"), Input("vae", "VAE"), Input("mask", "MASK"),
+              Input("grow_mask_by", "INT", default=6, min=0, max=64, step=1))
+    outputs = (Output("LATENT"),)
+
+    def run(self, ctx: Any, pixels: torch.Tensor, vae: Any, mask: torch.Tensor, grow_mask_by: int) -> tuple[Any, ...]:
+        pixels, mask = _mask_and_crop(pixels, mask)
+        if grow_mask_by == 0:
+            grown = mask
+        else:  # grown by a box filter so the repainted region's latent border is covered
+            kernel = torch.ones((1, 1, grow_mask_by, grow_mask_by))
+            grown = torch.clamp(F.conv2d(mask.round(), kernel, padding=math.ceil((grow_mask_by - 1) / 2)), 0, 1)
+        samples = vae.encode(_grey_masked(pixels, mask))
+        h, w = pixels.shape[1], pixels.shape[2]
+        return ({"samples": samples, "noise_mask": grown[:, :, :h, :w].round()},)
+
+
 class InpaintModelConditioning(Node):
     type = "InpaintModelConditioning"
     category = "conditioning/inpaint"
@@ -53,4 +76,4 @@ class InpaintModelConditioning(Node):
         return (set_values(positive, values), set_values(negative, values), latent)
 
 
-NODES = (InpaintModelConditioning,)
+NODES = (VAEEncodeForInpaint, InpaintModelConditioning)

@@ -45,10 +45,10 @@ class CheckpointLoaderSimple(Node):
     description = ("Loads an SD1.x, SD2.x, SDXL or SDXL refiner single-file checkpoint (.safetensors; "
                    ".ckpt/.pt only as plain tensors).")
     cache_pool = "models"
-    # depends on the world: the file's content and the device/precision policy (see `fingerprint`)
-    determinism = Determinism.VOLATILE
     # This input names a model file in the `checkpoints` folders (read by nodes.manifest).
     model_files: ClassVar[dict[str, str]] = {"ckpt_name": "checkpoints"}
+    # depends on the world: the file's content and the device/precision policy (see `fingerprint`)
+    determinism = Determinism.VOLATILE
     inputs = (Input("ckpt_name", "COMBO", options=checkpoint_names, tooltip="The checkpoint file to load.",
                     missing_hint=paths.missing_model_hint("checkpoints")),)
     outputs = (Output("MODEL", tooltip="The denoising model."), Output("CLIP", tooltip="The text encoder."),
@@ -139,11 +139,11 @@ def apply_lora(model: Any, clip: Any, lora_name: str, strength_model: float,
 
 class LoraLoader(Node):
     type = "LoraLoader"
+    model_files: ClassVar[dict[str, str]] = {"lora_name": "loras"}  # read by nodes.manifest
     display_name = "Load LoRA"
     category = "loaders"
     description = ("Applies a LoRA (kohya/A1111, LoCon, diffusers/PEFT names) to the model and the text encoder, "
                    "as patches over the shared weights: the loaded checkpoint itself never changes.")
-    model_files: ClassVar[dict[str, str]] = {"lora_name": "loras"}
     determinism = Determinism.VOLATILE  # the LoRA file's content
     inputs = (Input("model", "MODEL", tooltip="The diffusion model the LoRA will be applied to."),
               Input("clip", "CLIP", tooltip="The CLIP model the LoRA will be applied to."),
@@ -169,9 +169,9 @@ class LoraLoader(Node):
 
 class LoraLoaderModelOnly(Node):
     type = "LoraLoaderModelOnly"
+    model_files: ClassVar[dict[str, str]] = {"lora_name": "loras"}  # read by nodes.manifest
     category = "loaders"
     description = "Applies a LoRA to the diffusion model only."
-    model_files: ClassVar[dict[str, str]] = {"lora_name": "loras"}
     determinism = Determinism.VOLATILE
     inputs = (Input("model", "MODEL"),
               Input("lora_name", "COMBO", options=lora_names, missing_hint=paths.missing_model_hint("loras")),
@@ -225,11 +225,11 @@ CLIP_DEVICES = ["default", "cpu"]
 
 class UNETLoader(Node):
     type = "UNETLoader"
+    model_files: ClassVar[dict[str, str]] = {"unet_name": "diffusion_models"}  # read by nodes.manifest
     display_name = "Load Diffusion Model"
     category = "advanced/loaders"
     description = "Loads a diffusion model (UNet) file of SD1.x, SD2.x, SDXL or the SDXL refiner on its own."
     cache_pool = "models"
-    model_files: ClassVar[dict[str, str]] = {"unet_name": "diffusion_models"}
     determinism = Determinism.VOLATILE
     inputs = (Input("unet_name", "COMBO", options=lambda: paths.list_models("diffusion_models"),
                     missing_hint=paths.missing_model_hint("diffusion_models")),
@@ -253,11 +253,11 @@ class UNETLoader(Node):
 
 class CLIPLoader(Node):
     type = "CLIPLoader"
+    model_files: ClassVar[dict[str, str]] = {"clip_name": "text_encoders"}  # read by nodes.manifest
     display_name = "Load CLIP"
     category = "advanced/loaders"
     description = "Loads a text encoder file: type stable_diffusion takes CLIP-L (SD1.x) or OpenCLIP-H (SD2.x)."
     cache_pool = "models"
-    model_files: ClassVar[dict[str, str]] = {"clip_name": "text_encoders"}
     determinism = Determinism.VOLATILE
     inputs = (Input("clip_name", "COMBO", options=lambda: paths.list_models("text_encoders"),
                     missing_hint=paths.missing_model_hint("text_encoders")),
@@ -281,10 +281,10 @@ class CLIPLoader(Node):
 
 class DualCLIPLoader(Node):
     type = "DualCLIPLoader"
+    model_files: ClassVar[dict[str, str]] = {"clip_name1": "text_encoders", "clip_name2": "text_encoders"}
     category = "advanced/loaders"
     description = "Loads two text encoder files: type sdxl takes CLIP-L and OpenCLIP-bigG."
     cache_pool = "models"
-    model_files: ClassVar[dict[str, str]] = {"clip_name1": "text_encoders", "clip_name2": "text_encoders"}
     determinism = Determinism.VOLATILE
     inputs = (Input("clip_name1", "COMBO", options=lambda: paths.list_models("text_encoders"),
                     missing_hint=paths.missing_model_hint("text_encoders")),
@@ -315,10 +315,10 @@ class DualCLIPLoader(Node):
 
 class VAELoader(Node):
     type = "VAELoader"
+    model_files: ClassVar[dict[str, str]] = {"vae_name": "vae"}  # read by nodes.manifest
     display_name = "Load VAE"
     category = "loaders"
     cache_pool = "models"
-    model_files: ClassVar[dict[str, str]] = {"vae_name": "vae"}
     determinism = Determinism.VOLATILE
     inputs = (Input("vae_name", "COMBO", options=lambda: paths.list_models("vae"),
                     missing_hint=paths.missing_model_hint("vae")),)
@@ -338,11 +338,11 @@ class VAELoader(Node):
 
 class ControlNetLoader(Node):
     type = "ControlNetLoader"
+    model_files: ClassVar[dict[str, str]] = {"control_net_name": "controlnet"}  # read by nodes.manifest
     display_name = "Load ControlNet Model"
     category = "loaders"
     description = "Loads an original single-file ControlNet (control_model.*) for SD1.x, SD2.x or SDXL."
     cache_pool = "models"
-    model_files: ClassVar[dict[str, str]] = {"control_net_name": "controlnet"}
     determinism = Determinism.VOLATILE
     inputs = (Input("control_net_name", "COMBO",
                     options=lambda: sorted({*paths.list_models("controlnet"), *models.TINY_CONTROLNETS}),

@@ -45,7 +45,8 @@ NODE_TYPES |= {"CLIPTextEncodeSDXL", "CLIPTextEncodeSDXLRefiner", "ModelSampling
                "SamplerCustomAdvanced", "KSamplerSelect", "BasicScheduler", "KarrasScheduler", "ExponentialScheduler",
                "SDTurboScheduler", "SplitSigmas", "RandomNoise", "DisableNoise", "CFGGuider", "BasicGuider",
                "LoraLoader", "LoraLoaderModelOnly", "UNETLoader", "CLIPLoader", "DualCLIPLoader", "VAELoader",
-               "ControlNetLoader", "ControlNetApplyAdvanced", "ControlNetApply", "InpaintModelConditioning"}
+               "ControlNetLoader", "ControlNetApplyAdvanced", "ControlNetApply", "VAEEncodeForInpaint",
+               "InpaintModelConditioning"}
 HEAVY = ("torch", "diffusers", "transformers", "safetensors", "numpy")
 
 

@@ -147,7 +147,15 @@ class EditorPage:
         mouse.up()
 
     def wait_for(self, script: str, arg: Any = None, timeout: float = 60000) -> Any:
-        return self.page.wait_for_function(script, arg=arg, timeout=timeout).json_value()
+        from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+        try:
+            return self.page.wait_for_function(script, arg=arg, timeout=timeout).json_value()
+        except PlaywrightTimeout:
+            # What the user would have seen: the messages on screen say why a step did not happen.
+            toasts = self.js("() => window.sumiToasts")
+            raise AssertionError(f"timed out waiting for {script!r} ({arg!r}); toasts: {toasts}; "
+                                 f"page errors: {self.errors}") from None
 
 
 @pytest.fixture()

@@ -383,8 +383,9 @@ def test_model_combos_refresh_and_load_image_uploads(editor: EditorPage, editor_
     finally:
         target.unlink()
     # Load Image: a file dropped onto the node is uploaded into input/ and chosen.
-    node = editor.js("() => { const n = LiteGraph.createNode('LoadImage'); n.pos = [100, 600]; app.graph.add(n);"
-                     " return n.id; }")
+    # litegraph finds nodes under the pointer by the bounds it drew them at: wait for the node's first frame.
+    node = editor.js("() => new Promise((done) => { const n = LiteGraph.createNode('LoadImage'); n.pos = [100, 600];"
+                     " app.graph.add(n); requestAnimationFrame(() => requestAnimationFrame(() => done(n.id))); })")
     png = REPO / "workflows" / "inputs" / "sumi_example.png"
     center = editor.js("(id) => { const n = app.graph.getNodeById(id); return [n.pos[0] + n.size[0] / 2,"
                        " n.pos[1] + 10]; }", node)

@@ -396,6 +396,18 @@ def test_module_that_fails_to_import_is_reported_and_skipped() -> None:
     assert reg.nodes == {}
 
 
+def test_object_info_declares_list_outputs() -> None:
+    class Batch(Node):
+        type = "Batch"
+        outputs = (Output("INT", "items", is_list=True), Output("INT", "count"))
+
+        def run(self, ctx: Any) -> tuple[Any, ...]:
+            return [1, 2], 2
+
+    info = Batch.object_info()
+    assert info["output_is_list"] == [True, False] and info["output_name"] == ["items", "count"]
+
+
 def test_cache_counts_storage_shared_with_another_entry_once() -> None:
     """A view over cached weights (a LoRA'd model sharing its base's tensors) costs only its own tensors."""
     cache = Cache(outputs_budget=10 * 2**20, models_budget=10 * 2**20)
@@ -412,15 +424,3 @@ def test_cache_counts_storage_shared_with_another_entry_once() -> None:
     weights = sum(p.numel() * 4 for p in base.parameters())
     assert stats["models"]["bytes"] == weights + 4096 and stats["outputs"]["bytes"] == 4096
     assert all(k in cache for k in ("base", "view1", "view2"))
-
-
-def test_object_info_declares_list_outputs() -> None:
-    class Batch(Node):
-        type = "Batch"
-        outputs = (Output("INT", "items", is_list=True), Output("INT", "count"))
-
-        def run(self, ctx: Any) -> tuple[Any, ...]:
-            return [1, 2], 2
-
-    info = Batch.object_info()
-    assert info["output_is_list"] == [True, False] and info["output_name"] == ["items", "count"]

@@ -11,8 +11,7 @@ import pytest
 import torch
 
 from nodes import models, paths
-from nodes.image import VAEEncodeForInpaint
-from nodes.inpaint import InpaintModelConditioning
+from nodes.inpaint import InpaintModelConditioning, VAEEncodeForInpaint
 
 
 class FakeVAE:

@@ -14,7 +14,13 @@ export function el(tag, attrs = {}, ...children) {
   return node;
 }
 
+// The last messages shown, kept after they fade (for the console and tests).
+export const toastLog = [];
+window.sumiToasts = toastLog;
+
 export function toast(message, kind = "info", ms = 4000) {
+  toastLog.push(`${kind}: ${message}`);
+  if (toastLog.length > 50) toastLog.shift();
   const box = document.getElementById("toasts");
   const item = el("div", {class: `toast ${kind}`}, message);
   box.append(item);
