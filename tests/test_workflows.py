@@ -1,7 +1,7 @@
 """Every example workflow in workflows/ for the model families and samplers beyond SD1.x txt2img runs on Sumi's
 tiny models (built on first use, like the default one) and saves a real image: SD2 with forced v-prediction,
 SDXL base → refiner (CLIPTextEncodeSDXL / ...Refiner, KSamplerAdvanced hand-over), SDXL-Turbo style custom
-sampling, area composition, a kohya LoRA, a ControlNet, an inpainting model."""
+sampling, area composition, a kohya LoRA, a ControlNet on Canny edges, an inpainting model."""
 from __future__ import annotations
 
 import json
@@ -33,7 +33,7 @@ def ex(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Executor]:
     ("sdxl_turbo", (256, 256), {"4": "sdxl"}),
     ("area_composition", (256, 384), {"4": "sd15"}),
     ("lora", (256, 256), {"4": "sd15", "10": "sd15"}),
-    ("controlnet", (256, 256), {"4": "sd15", "11": "sd15"}),
+    ("controlnet_canny", (256, 256), {"4": "sd15", "11": "sd15"}),
     ("inpaint", (256, 256), {"4": "sd15"}),
 ])
 def test_example_workflow_runs_on_the_tiny_models(ex: Executor, workflow: str, size: tuple[int, int],
