@@ -449,3 +449,27 @@ def test_queue_panel_cancels_a_pending_prompt_and_the_gallery_loads_a_workflow(e
     editor.page.click(".lightbox button:has-text('Load workflow')")
     editor.wait_for("() => app.workflows.tabs.length === 2")
     assert editor.node_of("KSampler")["widgets"]["cfg"] == 3.25
+
+
+def test_a_comfyui_subgraph_workflow_opens_runs_and_saves_whole(editor: EditorPage, editor_server: Any) -> None:
+    """This editor does not open subgraphs, but a workflow with them loads, runs (the server expands it into
+    colon-path ids, shown on the instance) and saves with every definition kept."""
+    shipped = json.loads((REPO / "workflows" / "subgraph_txt2img.json").read_text())
+    drop_file(editor, "subgraph_txt2img.json", "application/json", json.dumps(shipped).encode())
+    editor.wait_for("(n) => app.graph._nodes.length === n", len(shipped["nodes"]))
+    saved = editor.js("() => app.serialize()")
+    assert sorted(s["id"] for s in saved["definitions"]["subgraphs"]) == \
+        sorted(s["id"] for s in shipped["definitions"]["subgraphs"])
+    editor.wait_for("() => document.getElementById('validation').textContent === 'Ready'")
+    record_events(editor)
+    prompt_id = queue_and_wait(editor)
+    ran = executed_nodes(editor, prompt_id) + editor.js(
+        "(id) => window.events.filter(e => e.type === 'execution_cached' && e.prompt_id === id)"
+        ".flatMap(e => e.nodes)", prompt_id)
+    assert any(":" in node for node in ran)  # inner nodes run under their path
+    instances = {str(n["id"]) for n in shipped["nodes"] if n["type"] in
+                 {s["id"] for s in shipped["definitions"]["subgraphs"]}}
+    states = editor.js("() => Object.fromEntries([...app.runState.nodes].map(([k, v]) => [k, v.state]))")
+    assert all(states.get(i) in ("ran", "cached") for i in instances)
+    entry = requests.get(f"{editor_server.url}/history/{prompt_id}", timeout=10).json()[prompt_id]
+    assert entry["status"]["status_str"] == "success" and entry["outputs"]

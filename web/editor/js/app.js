@@ -14,6 +14,23 @@ import {Workflows} from "./workflows.js";
 
 const FAR_ZOOM = 0.35;
 
+function usedSubgraphs(graph) {
+  const registry = graph.subgraphs;
+  const typeOf = (node) => node.type || node.last_serialization?.type;
+  const used = new Map();
+  const visit = (nodes) => {
+    for (const node of nodes) {
+      const subgraph = registry.get(typeOf(node));
+      if (subgraph && !used.has(subgraph.id)) {
+        used.set(subgraph.id, subgraph.asSerialisable());
+        visit(subgraph._nodes || []);
+      }
+    }
+  };
+  visit(graph._nodes);
+  return [...used.values()];
+}
+
 class SumiApp {
   constructor() {
     this.api = new Api();
@@ -88,6 +105,13 @@ class SumiApp {
   serialize() {
     const data = this.graph.serialize();
     data.extra = {...(data.extra || {}), sumi: {format_version: 1}};
+    if (!data.definitions?.subgraphs?.length && this.graph.subgraphs?.size) {
+      // A ComfyUI subgraph instance is a placeholder node here (this editor does not open subgraphs), which
+      // litegraph does not count as using its definition: keep every definition the instances reach, so
+      // nothing of the file is lost and the server can expand it.
+      const subgraphs = usedSubgraphs(this.graph);
+      if (subgraphs.length) data.definitions = {...(data.definitions || {}), subgraphs};
+    }
     return data;
   }
 

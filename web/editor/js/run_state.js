@@ -33,10 +33,14 @@ export class RunState {
     this.errors = {};
   }
 
-  #node(id) { return this.app.graph.getNodeById(/^\d+$/.test(String(id)) ? Number(id) : id); }
+  #node(id) {
+    const top = String(id).split(":")[0];
+    return this.app.graph.getNodeById(/^\d+$/.test(top) ? Number(top) : top);
+  }
 
+  // A node inside a subgraph ("12:5", as the server expands it) is shown on its instance on the canvas ("12").
   #entry(id) {
-    const key = String(id);
+    const key = String(id).split(":")[0];
     if (!this.nodes.has(key)) this.nodes.set(key, {});
     return this.nodes.get(key);
   }
@@ -65,7 +69,7 @@ export class RunState {
     const entry = this.#entry(this.running);
     if (entry.state === "running") {
       entry.state = "ran";
-      entry.ms = now - entry.startedAt;
+      entry.ms = (entry.before || 0) + now - entry.startedAt;  // a subgraph instance sums its inner nodes
       delete entry.progress;
     }
     this.running = null;
@@ -78,7 +82,10 @@ export class RunState {
       this.#finish();
       return;
     }
-    Object.assign(this.#entry(node), {state: "running", reason: reason || "not cached", startedAt: now, ms: null});
+    const entry = this.#entry(node);
+    const before = entry.promptId === this.promptId && entry.state === "ran" ? entry.ms : 0;
+    Object.assign(entry, {state: "running", reason: reason || "not cached", startedAt: now, ms: null, before,
+                          promptId: this.promptId});
     this.running = String(node);
     this.#redraw();
   }
@@ -166,8 +173,11 @@ export class RunState {
   setValidation(nodeErrors, general = null) {
     this.errors = {};
     for (const [id, entry] of Object.entries(nodeErrors)) {
-      this.errors[id] = entry.errors.map((e) => ({input_name: e.extra_info?.input_name, message: e.message,
-                                                  details: e.details, hint: e.extra_info?.hint}));
+      const [top, ...inner] = id.split(":");  // an error inside a subgraph is shown on its instance
+      const where = inner.length ? `inside ${id} (${entry.class_type}): ` : "";
+      (this.errors[top] ||= []).push(...entry.errors.map((e) => ({
+        input_name: inner.length ? null : e.extra_info?.input_name, message: where + e.message,
+        details: e.details, hint: e.extra_info?.hint})));
     }
     const status = document.getElementById("validation");
     const count = Object.keys(this.errors).length;
