@@ -234,6 +234,10 @@ export class RunState {
       ctx.beginPath();
       ctx.roundRect(-3, -title - 3, w + 6, h + title + 6, 10);
       ctx.stroke();
+      if (this.app.canvas.ds.scale < FAR_ZOOM) {  // the outline says it; the text would be unreadable
+        ctx.restore();
+        return;
+      }
       ctx.font = "12px sans-serif";
       ctx.textAlign = "left";
       let y = -title - 8;
@@ -293,11 +297,22 @@ function widgetsBottom(node) {
   return bottom;
 }
 
+// Text cut to a width, remembered: cutting measures the text once per character removed, every frame otherwise.
+const fitted = new Map();
+
 function fit(ctx, text, width) {
-  if (ctx.measureText(text).width <= width) return text;
-  let cut = text;
-  while (cut.length > 3 && ctx.measureText(`${cut}…`).width > width) cut = cut.slice(0, -1);
-  return `${cut}…`;
+  const key = `${ctx.font}\u0000${width}\u0000${text}`;
+  let out = fitted.get(key);
+  if (out === undefined) {
+    out = text;
+    if (ctx.measureText(text).width > width) {
+      while (out.length > 3 && ctx.measureText(`${out}…`).width > width) out = out.slice(0, -1);
+      out = `${out}…`;
+    }
+    if (fitted.size > 2000) fitted.clear();
+    fitted.set(key, out);
+  }
+  return out;
 }
 
 export function formatMs(ms) {
