@@ -10,6 +10,9 @@ WEB_STAMP := web/node_modules/.installed
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements.txt
+	# Test-only: OpenAI's CLIP BPE file, against which a test re-derives the shipped tokenizer files (its
+	# torchvision dependency is not wanted, and nothing at run time reads the wheel).
+	$(PY) -m pip install -q --no-deps clip-anytorch==2.6.0
 	touch $(STAMP)
 
 # The editor's canvas library, pinned by web/package-lock.json, served from web/node_modules.

@@ -59,7 +59,7 @@ FULL = [  # (layout, family, UNet facts that must hold, text encoders)
 @pytest.mark.parametrize(("layout", "family", "facts", "texts"), FULL, ids=[f[1] for f in FULL])
 def test_full_size_layouts_detect_and_map_every_tensor(layout: Path, family: str, facts: dict, texts: dict) -> None:
     if not layout.exists():
-        pytest.skip(f"{layout} not present")
+        pytest.skip(f"{layout} not present: runs where ../shared/reference/parity-next is checked out")
     meta = _meta(layout)
     info = D.detect(meta)
     assert info.family == family and info.latent_scale == D.LATENT_SCALE[family]

@@ -138,8 +138,8 @@ def find_bpe_file() -> Path:
             candidate = Path(folder) / BPE_FILENAME
             if candidate.is_file():
                 return candidate
-    pytest.skip(f"{BPE_FILENAME} is not installed (clip-anytorch, --no-deps): shipped tokenizer files "
-                "not re-derived")
+    pytest.skip(f"{BPE_FILENAME} is not installed: runs where `make install` put clip-anytorch (--no-deps); "
+                "the shipped tokenizer files were not re-derived")
 
 
 def bytes_to_unicode() -> dict[int, str]:
