@@ -6,13 +6,11 @@ import {installCanvasBehaviour} from "./canvas.js";
 import {ChangeTracker} from "./history.js";
 import {registerNodeTypes, SOCKET_COLORS} from "./nodes.js";
 import {QueuePanel} from "./panels.js";
-import {RunState} from "./run_state.js";
+import {FAR_ZOOM, RunState} from "./run_state.js";
 import {SweepDialog} from "./sweep.js";
 import {toast} from "./ui.js";
 import {applyControl} from "./widgets.js";
 import {Workflows} from "./workflows.js";
-
-const FAR_ZOOM = 0.35;
 
 function usedSubgraphs(graph) {
   const registry = graph.subgraphs;

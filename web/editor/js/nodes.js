@@ -87,4 +87,3 @@ export function nodesProducing(objectInfo, type) {
     (kind) => typesCompatible(kind, type))).map(([name]) => name);
 }
 
-export {orderedInputs};

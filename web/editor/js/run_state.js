@@ -4,7 +4,7 @@
 import {LiteGraph} from "/lib/litegraph/litegraph.es.js";
 import {toast} from "./ui.js";
 
-const FAR_ZOOM = 0.35;  // below this zoom, text on the canvas is unreadable: outlines only
+export const FAR_ZOOM = 0.35;  // below this zoom, text on the canvas is unreadable: outlines only
 const COLORS = {running: "#4caf50", ran: "#64b5f6", cached: "#9e9e9e", error: "#f44336"};
 
 export class RunState {

@@ -2,9 +2,7 @@
 // saving and opening by name through ComfyUI's /userdata/workflows/… routes, download and upload, and whatever
 // is dropped onto the canvas (PNG with metadata, editor-format or API-format JSON).
 import {LiteGraph} from "/lib/litegraph/litegraph.es.js";
-import {orderedInputs} from "./nodes.js";
 import {dialog, el, toast} from "./ui.js";
-import {isWidgetInput} from "./widgets.js";
 
 const STORE_KEY = "sumi.tabs";
 const FORMAT_VERSION = 1;
@@ -359,4 +357,3 @@ export function readPngText(buffer) {
   return out;
 }
 
-export {isWidgetInput, orderedInputs};
