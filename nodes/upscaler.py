@@ -104,9 +104,9 @@ def _what_else(sd: Mapping[str, torch.Tensor]) -> tuple[str, str]:
     if foreign is not None:
         return foreign[0], foreign[1]
     tries: tuple[tuple[Callable[[Any], Any], Callable[[Any], str], str], ...] = (
-        (d.detect, lambda info: f"a {d.LABELS[info.family]} checkpoint", "load it with Load Checkpoint "
+        (d.detect, lambda info: f"an {d.LABELS[info.family]} checkpoint", "load it with Load Checkpoint "
                                                                          "(models/checkpoints)"),
-        (d.detect_diffusion_model, lambda r: f"a {d.LABELS[r[0].family]} diffusion model (UNet only)",
+        (d.detect_diffusion_model, lambda r: f"an {d.LABELS[r[0].family]} diffusion model (UNet only)",
          "load it with Load Diffusion Model (models/diffusion_models)"),
         (d.detect_vae, lambda _: "a VAE", "load it with Load VAE (models/vae)"),
         (d.detect_text_encoder, lambda _: "a CLIP text encoder", "load it with Load CLIP (models/text_encoders)"),
