@@ -1,5 +1,6 @@
 """Parity with ComfyUI beyond SD1.5 txt2img (shared/reference/parity-next): SD2 (eps and forced v-prediction),
-SDXL base, custom sampling, split sigmas, SD-Turbo timesteps, area / mask / concat / zero-out conditioning.
+SDXL base, custom sampling, split sigmas, SD-Turbo timesteps, area / mask / concat / zero-out conditioning, the
+ESRGAN upscaler (an image-only case: no latent or conditioning; its input image is checked too).
 
 Every case whose nodes Sumi has runs through the executor on the reference checkpoint its recipe names, rebuilt
 by Sumi's own generator into the cache dir (content hash checked first), and must match ComfyUI's latents,
