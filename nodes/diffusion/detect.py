@@ -51,6 +51,17 @@ _FOREIGN: tuple[tuple[str, str, str], ...] = (  # (regex on any key, what it is,
 _DEPTH = re.compile(r"^(input_blocks\.\d+\.1|middle_block\.1|output_blocks\.\d+\.1)\.transformer_blocks\.(\d+)\.")
 
 
+def foreign_kind(keys: list[str]) -> tuple[str, str, str] | None:
+    """(what it is, hint, an example key) when a file's names mark it as another kind of model (LoRA, ControlNet,
+    SD3, Flux, diffusers-layout weights), else None."""
+    for pattern, what, hint in _FOREIGN:
+        rx = re.compile(pattern)
+        hit = next((k for k in keys if rx.search(k)), None)
+        if hit is not None:
+            return what, hint, hit
+    return None
+
+
 @dataclass(frozen=True)
 class TextSpec:
     """One text encoder in a checkpoint: `kind` clip (transformers layout) or openclip, its prefix, its config."""
