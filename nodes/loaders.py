@@ -341,7 +341,8 @@ class ControlNetLoader(Node):
     model_files: ClassVar[dict[str, str]] = {"control_net_name": "controlnet"}  # read by nodes.manifest
     display_name = "Load ControlNet Model"
     category = "loaders"
-    description = "Loads an original single-file ControlNet (control_model.*) for SD1.x, SD2.x or SDXL."
+    description = ("Loads a ControlNet for SD1.x, SD2.x or SDXL: an original single file (control_model.*) or a "
+                   "diffusers folder's diffusion_pytorch_model.* (listed as folder/file).")
     cache_pool = "models"
     determinism = Determinism.VOLATILE
     inputs = (Input("control_net_name", "COMBO",

@@ -154,6 +154,48 @@ def unet_facts(u: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     }
 
 
+_D_RES = re.compile(r"^down_blocks\.(\d+)\.resnets\.(\d+)\.conv2\.weight$")
+_D_DEPTH = re.compile(r"^(down_blocks\.(\d+)|mid_block)\.attentions\.0\.transformer_blocks\.(\d+)\.")
+
+
+def diffusers_unet_facts(c: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """The facts `unet_facts` gives, from the encoder half of a diffusers-layout UNet or ControlNet
+    (`conv_in`, `down_blocks.i.resnets.j`, `….attentions.0.transformer_blocks.k`, `mid_block`, `add_embedding`)."""
+    if "conv_in.weight" not in c:
+        raise CheckpointError("no UNet input convolution (conv_in)", detected=f"keys e.g. {sorted(c)[:3]}")
+    model_channels, in_channels = c["conv_in.weight"].shape[:2]
+    widths: dict[int, dict[int, int]] = {}
+    depth: dict[str, int] = {}
+    for k, t in c.items():
+        if m := _D_RES.match(k):
+            widths.setdefault(int(m.group(1)), {})[int(m.group(2))] = t.shape[0]
+        elif m := _D_DEPTH.match(k):
+            level = m.group(2) or "mid"
+            depth[level] = max(depth.get(level, 0), int(m.group(3)) + 1)
+    if not widths or sorted(widths) != list(range(len(widths))):
+        raise CheckpointError("no down blocks of resnets numbered 0..n",
+                              detected=f"down blocks {sorted(widths)}; keys e.g. {sorted(c)[:3]}")
+    if any(len(set(w.values())) != 1 for w in widths.values()):
+        raise CheckpointError("UNet level with mixed channels", detected=str(widths))
+    attn = sorted(k for k in c if k.endswith("transformer_blocks.0.attn2.to_k.weight"))
+    proj = sorted(k for k in c if k.endswith("attentions.0.proj_in.weight"))
+    levels = range(len(widths))
+    return {
+        "in_channels": in_channels, "out_channels": None, "model_channels": model_channels,
+        "channel_mult": [widths[i][0] // model_channels for i in levels],
+        "num_res_blocks": [len(widths[i]) for i in levels],
+        "transformer_depth": [depth.get(str(i), 0) for i in levels],
+        "transformer_depth_middle": depth.get("mid", 0),
+        "context_dim": c[attn[0]].shape[1] if attn else None,
+        "use_linear_in_transformer": c[proj[0]].ndim == 2 if proj else False,
+        "adm_in_channels": c["add_embedding.linear_1.weight"].shape[1] if "add_embedding.linear_1.weight" in c
+        else None,
+        "time_embed_dim": c["time_embedding.linear_1.weight"].shape[0] if "time_embedding.linear_1.weight" in c
+        else None,
+        "output_blocks": 0,
+    }
+
+
 def vae_facts(v: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     """LDM autoencoder hyper-parameters from shapes (`first_stage_model.` removed)."""
     levels = _count(v, r"encoder\.down\.(\d+)\.")
