@@ -216,7 +216,10 @@ def _fingerprint(kind: str, *names: str) -> str:
     return "|".join([*(model_file_identity(_found(kind, n)) for n in names), devices.POLICY.describe()])
 
 
-WEIGHT_DTYPES = ["default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"]
+# UNETLoader's weight_dtype -> the dtype weights are rounded to (computed in the policy's dtype; `_fast` is
+# ComfyUI's fp8 matmul on cards that have it, which Sumi does not use: same weights, same results)
+WEIGHT_DTYPES = {"default": None, "fp8_e4m3fn": "float8_e4m3fn", "fp8_e4m3fn_fast": "float8_e4m3fn",
+                 "fp8_e5m2": "float8_e5m2"}
 CLIP_LOADER_TYPES = ["stable_diffusion", "stable_cascade", "sd3", "stable_audio", "mochi", "ltxv", "pixart", "cosmos",
                      "lumina2", "wan", "hidream", "chroma", "ace", "omnigen2", "qwen_image", "hunyuan_image"]
 DUAL_CLIP_TYPES = ["sdxl", "sd3", "flux", "hunyuan_video", "hidream", "hunyuan_image"]
@@ -228,12 +231,15 @@ class UNETLoader(Node):
     model_files: ClassVar[dict[str, str]] = {"unet_name": "diffusion_models"}  # read by nodes.manifest
     display_name = "Load Diffusion Model"
     category = "advanced/loaders"
-    description = "Loads a diffusion model (UNet) file of SD1.x, SD2.x, SDXL or the SDXL refiner on its own."
+    description = ("Loads a diffusion model (UNet) file of SD1.x, SD2.x, SDXL or the SDXL refiner on its own; "
+                   "fp8 weight dtypes round the weights to fp8 (files stored in fp8 load too).")
     cache_pool = "models"
     determinism = Determinism.VOLATILE
     inputs = (Input("unet_name", "COMBO", options=lambda: paths.list_models("diffusion_models"),
                     missing_hint=paths.missing_model_hint("diffusion_models")),
-              Input("weight_dtype", "COMBO", options=WEIGHT_DTYPES))
+              Input("weight_dtype", "COMBO", options=list(WEIGHT_DTYPES),
+                    tooltip="fp8 types keep the weights at fp8 precision; Sumi computes in the device policy's "
+                            "dtype (--precision), holding the weights upcast"))
     outputs = (Output("MODEL"),)
 
     @classmethod
@@ -242,13 +248,14 @@ class UNETLoader(Node):
 
     @classmethod
     def check(cls, unet_name: str, weight_dtype: str) -> dict[str, str]:
-        if weight_dtype != "default":
-            return {"weight_dtype": f"{weight_dtype} weights are not supported; use default "
-                                    "(the device policy's dtype, --precision)"}
         return _check_file("unet_name", "diffusion_models", unet_name, "detect_diffusion_model")
 
     def run(self, ctx: Any, unet_name: str, weight_dtype: str) -> tuple[Any, ...]:
-        return (models.load_diffusion_model(_found("diffusion_models", unet_name)),)
+        import torch
+
+        storage = WEIGHT_DTYPES[weight_dtype]
+        return (models.load_diffusion_model(_found("diffusion_models", unet_name),
+                                            getattr(torch, storage) if storage else None),)
 
 
 class CLIPLoader(Node):

@@ -262,13 +262,15 @@ def load(path: Path) -> tuple[DiffusionModel, TextEncoders, VAEModel]:
     return model, clip, vae
 
 
-def load_diffusion_model(path: Path) -> DiffusionModel:
-    """UNETLoader: a diffusion-model-only file as MODEL (family from the UNet's shapes)."""
+def load_diffusion_model(path: Path, storage: torch.dtype | None = None) -> DiffusionModel:
+    """UNETLoader: a diffusion-model-only file as MODEL (family from the UNet's shapes). `storage` (fp8) rounds
+    every weight to that dtype; they are held upcast to the compute dtype, so the numbers are those of fp8 weights
+    cast per layer (ComfyUI's manual cast) while the memory is the compute dtype's."""
     from .diffusion.checkpoint import load_diffusion_model as load_unet
     from .diffusion.model_sampling import ModelSamplingDiscrete
 
     policy = devices.POLICY
-    info, unet = load_unet(path, device=policy.device, dtype=policy.unet_dtype())
+    info, unet = load_unet(path, device=policy.device, dtype=policy.unet_dtype(), storage=storage)
     sampling = ModelSamplingDiscrete.from_schedule(info.schedule).to(policy.device)
     return DiffusionModel(unet, sampling, info.latent_scale, policy.device, policy.unet_dtype(), info.family)
 

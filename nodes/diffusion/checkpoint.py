@@ -155,10 +155,11 @@ def load_component(path: str | os.PathLike, plan: Callable[[Source], tuple[Any, 
         except CheckpointError as e:
             e.path = str(path)
             raise
-        prefetch = Prefetch(opened, opened.order(), device, dtype)
+        # rounded weights are read at full precision first, so each is rounded once (file dtype -> storage)
+        prefetch = Prefetch(opened, opened.order(), device, dtype if storage is None else torch.float32)
         source: Mapping[str, torch.Tensor] = prefetch
         if storage is not None:
-            source = Lazy(prefetch.meta, lambda n: _rounded(prefetch[n], storage))
+            source = Lazy(prefetch.meta, lambda n: _rounded(prefetch[n], storage, dtype))
         try:
             with torch.device("meta"):
                 module = p.build()
@@ -173,8 +174,8 @@ def load_component(path: str | os.PathLike, plan: Callable[[Source], tuple[Any, 
     return found, module.eval().requires_grad_(False)
 
 
-def _rounded(t: torch.Tensor, storage: torch.dtype) -> torch.Tensor:
-    return t.to(storage).to(t.dtype) if t.is_floating_point() else t
+def _rounded(t: torch.Tensor, storage: torch.dtype, dtype: torch.dtype) -> torch.Tensor:
+    return t.to(storage).to(dtype) if t.is_floating_point() else t
 
 
 def _unet_plan(opened: Source) -> tuple[FamilyInfo, Plan]:
