@@ -220,9 +220,44 @@ def _fingerprint(kind: str, *names: str) -> str:
 # ComfyUI's fp8 matmul on cards that have it, which Sumi does not use: same weights, same results)
 WEIGHT_DTYPES = {"default": None, "fp8_e4m3fn": "float8_e4m3fn", "fp8_e4m3fn_fast": "float8_e4m3fn",
                  "fp8_e5m2": "float8_e5m2"}
+# ComfyUI's type options, so its workflows validate in shape; Sumi runs stable_diffusion and sdxl (models.CLIP_TYPES)
 CLIP_LOADER_TYPES = ["stable_diffusion", "stable_cascade", "sd3", "stable_audio", "mochi", "ltxv", "pixart", "cosmos",
-                     "lumina2", "wan", "hidream", "chroma", "ace", "omnigen2", "qwen_image", "hunyuan_image"]
+                     "lumina2", "wan", "hidream", "chroma", "ace", "omnigen2", "qwen_image", "hunyuan_image", "flux2",
+                     "ovis"]
 DUAL_CLIP_TYPES = ["sdxl", "sd3", "flux", "hunyuan_video", "hidream", "hunyuan_image"]
+# the model family each type Sumi does not run is for, named in its validation error
+CLIP_TYPE_FAMILIES = {
+    "stable_cascade": "Stable Cascade", "sd3": "SD3 / SD3.5", "stable_audio": "Stable Audio", "mochi": "Mochi",
+    "ltxv": "LTX-Video", "pixart": "PixArt", "cosmos": "Cosmos", "lumina2": "Lumina 2", "wan": "Wan",
+    "hidream": "HiDream", "chroma": "Chroma", "ace": "ACE-Step", "omnigen2": "OmniGen2", "qwen_image": "Qwen-Image",
+    "hunyuan_image": "HunyuanImage", "flux": "Flux", "hunyuan_video": "HunyuanVideo", "flux2": "Flux.2",
+    "ovis": "Ovis-Image"}
+CLIP_SUPPORTED = ("Sumi loads type stable_diffusion in Load CLIP (one CLIP-L file for SD1.x, or OpenCLIP-H for "
+                  "SD2.x) and type sdxl in DualCLIPLoader (CLIP-L and OpenCLIP-bigG)")
+
+
+def _appears(kind: str, name: str) -> str:
+    """What a model file appears to be, from a .safetensors header ('' when it cannot be told before running)."""
+    path = paths.find_model(kind, name)
+    if path is None or path.suffix.lower() != ".safetensors" or not os.access(path, os.R_OK):
+        return ""
+    from .diffusion.detect import describe_text_encoder
+    from .diffusion.reading import CheckpointError, open_checkpoint
+
+    try:
+        with open_checkpoint(path) as opened:
+            return describe_text_encoder(opened.meta)
+    except CheckpointError as e:
+        return e.message
+
+
+def _clip_type_error(clip_type: str, files: dict[str, str]) -> dict[str, str]:
+    """The validation error of a CLIP type Sumi cannot run: which family it is for, what each file is, what
+    Sumi loads instead."""
+    seen = [f"{name} appears to be {what}" for name in files.values() if (what := _appears("text_encoders", name))]
+    family = CLIP_TYPE_FAMILIES.get(clip_type, "another model family")
+    return {"type": "; ".join([f"CLIP type {clip_type!r} is for {family}, a model family Sumi does not run", *seen,
+                               CLIP_SUPPORTED])}
 CLIP_DEVICES = ["default", "cpu"]
 
 
@@ -263,7 +298,8 @@ class CLIPLoader(Node):
     model_files: ClassVar[dict[str, str]] = {"clip_name": "text_encoders"}  # read by nodes.manifest
     display_name = "Load CLIP"
     category = "advanced/loaders"
-    description = "Loads a text encoder file: type stable_diffusion takes CLIP-L (SD1.x) or OpenCLIP-H (SD2.x)."
+    description = ("Loads a text encoder file: type stable_diffusion takes CLIP-L (SD1.x) or OpenCLIP-H (SD2.x); "
+                   "ComfyUI's other types are listed and refused with what the file appears to be.")
     cache_pool = "models"
     determinism = Determinism.VOLATILE
     inputs = (Input("clip_name", "COMBO", options=lambda: paths.list_models("text_encoders"),
@@ -279,7 +315,7 @@ class CLIPLoader(Node):
     @classmethod
     def check(cls, clip_name: str, type: str, device: str = "default") -> dict[str, str]:
         if type not in models.CLIP_TYPES:
-            return {"type": f"CLIP type {type!r} is not supported (Sumi loads: stable_diffusion)"}
+            return _clip_type_error(type, {"clip_name": clip_name})
         return _check_file("clip_name", "text_encoders", clip_name, "detect_text_encoder")
 
     def run(self, ctx: Any, clip_name: str, type: str, device: str = "default") -> tuple[Any, ...]:
@@ -308,7 +344,7 @@ class DualCLIPLoader(Node):
     @classmethod
     def check(cls, clip_name1: str, clip_name2: str, type: str, device: str = "default") -> dict[str, str]:
         if type not in models.CLIP_TYPES:
-            return {"type": f"CLIP type {type!r} is not supported (Sumi loads: sdxl)"}
+            return _clip_type_error(type, {"clip_name1": clip_name1, "clip_name2": clip_name2})
         out = {}
         for field, name in (("clip_name1", clip_name1), ("clip_name2", clip_name2)):
             out |= _check_file(field, "text_encoders", name, "detect_text_encoder")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -424,6 +424,39 @@ def detect_diffusion_model(state_dict: Mapping[str, torch.Tensor],
     return FamilyInfo(family, unet, {}, {}, LATENT_SCALE[family], schedule, {"unet": uf}), prefix
 
 
+# text encoders of other model families, by one key each (regex, what the file is)
+_FOREIGN_TEXT: tuple[tuple[str, str], ...] = (
+    (r"^(encoder\.)?block\.1\.layer\.0\.SelfAttention\.relative_attention_bias\.",
+     "a UMT5 text encoder (Wan's)"),
+    (r"^(encoder\.)?block\.\d+\.layer\.0\.SelfAttention\.q\.weight$",
+     "a T5 text encoder (T5-XXL of SD3/Flux, or another T5)"),
+    (r"^(model\.)?(language_model\.)?layers\.\d+\.self_attn\.q_proj\.weight$",
+     "a decoder-only language model (Llama / Qwen / Gemma family: HiDream, Qwen-Image, Lumina 2, …)"),
+    (r"^(vision_model\.|visual\.)", "a CLIP vision (image) encoder"),
+    (r"^model\.diffusion_model\.", "a full checkpoint or diffusion model"),
+)
+TEXT_ENCODERS = {"clip_l": "CLIP-L", "clip_h": "OpenCLIP-H", "clip_g": "OpenCLIP-bigG", "openclip": "OpenCLIP"}
+
+
+def foreign_text_encoder(keys: Iterable[str]) -> str | None:
+    """What a text-encoder file that is no CLIP is, from its names (`_FOREIGN_TEXT`), or None."""
+    keys = list(keys)
+    for pattern, what in _FOREIGN_TEXT:
+        rx = re.compile(pattern)
+        if any(rx.search(k) for k in keys):
+            return what
+    return None
+
+
+def describe_text_encoder(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """One phrase for what a text-encoder file appears to be (a CLIP by name and width, or what else it is)."""
+    try:
+        name, spec = detect_text_encoder(state_dict)
+    except CheckpointError as e:
+        return foreign_text_encoder(state_dict) or e.message
+    return f"a {TEXT_ENCODERS[name]} text encoder ({spec.config['hidden_size']} wide)"
+
+
 def detect_text_encoder(state_dict: Mapping[str, torch.Tensor]) -> tuple[str, TextSpec]:
     """(which encoder: clip_l / clip_h / clip_g, its spec) of a text-encoder file (CLIPLoader, DualCLIPLoader):
     transformers layout (`text_model.…`, with `text_projection.weight` for OpenCLIP towers converted to it) or the
@@ -436,8 +469,11 @@ def detect_text_encoder(state_dict: Mapping[str, torch.Tensor]) -> tuple[str, Te
     else:
         prefix = "text_model." if "text_model.embeddings.token_embedding.weight" in keys else ""
         if prefix + "embeddings.token_embedding.weight" not in keys:
-            raise CheckpointError("not a CLIP text encoder (no token embedding)",
-                                  detected=f"{len(keys)} tensors, e.g. {sorted(keys)[:3]}")
+            detected = f"{len(keys)} tensors, e.g. {sorted(keys)[:3]}"
+            if (what := foreign_text_encoder(keys)) is not None:
+                raise CheckpointError(f"this is {what}, not a CLIP text encoder", detected=detected,
+                                      hint="Sumi runs the CLIP text encoders of SD1.x, SD2.x and SDXL")
+            raise CheckpointError("not a CLIP text encoder (no token embedding)", detected=detected)
         facts = clip_facts(_strip(state_dict, prefix))
         if "text_projection.weight" in keys:
             facts["projection_dim"] = state_dict["text_projection.weight"].shape[0]

@@ -157,3 +157,71 @@ def test_a_file_in_a_dtype_sumi_cannot_read_is_a_validation_error(base: Path) ->
 
     error = UNETLoader.check("mx.safetensors", "default")["unet_name"]
     assert "'input_blocks.0.0.weight' is stored as F8_E8M0" in error and "F8_E4M3" in error
+
+
+def _clip_files(base: Path) -> dict[str, str]:
+    from tests.nodes import foreign_files
+
+    folder = base / "models" / "text_encoders"
+    for kind in foreign_files.BUILDERS:
+        if not (folder / f"{kind}.safetensors").exists():
+            foreign_files.write(kind, folder / f"{kind}.safetensors")
+    stem = Path(NAMES["sdxl"]).stem
+    return {"clip_l": f"{stem}_clip_l.safetensors", "clip_g": f"{stem}_clip_g.safetensors",
+            **{k: f"{k}.safetensors" for k in foreign_files.BUILDERS}}
+
+
+CLIP_CASES = [  # (node, files, type, {input: phrases its error must hold}); {} = valid
+    ("CLIPLoader", ["clip_l"], "stable_diffusion", {}),
+    ("DualCLIPLoader", ["clip_l", "clip_g"], "sdxl", {}),
+    ("CLIPLoader", ["t5"], "sd3", {"type": ["'sd3' is for SD3 / SD3.5", "t5.safetensors appears to be a T5 text "
+                                            "encoder", "Sumi loads type stable_diffusion"]}),
+    ("CLIPLoader", ["clip_l"], "sd3", {"type": ["appears to be a CLIP-L text encoder (32 wide)"]}),
+    ("CLIPLoader", ["umt5"], "wan", {"type": ["'wan' is for Wan", "appears to be a UMT5 text encoder"]}),
+    ("CLIPLoader", ["qwen"], "qwen_image", {"type": ["'qwen_image' is for Qwen-Image", "decoder-only language"]}),
+    ("DualCLIPLoader", ["clip_l", "t5"], "flux", {"type": ["'flux' is for Flux", "clip_l.safetensors appears to be "
+                                                           "a CLIP-L", "t5.safetensors appears to be a T5"]}),
+    ("CLIPLoader", ["t5"], "stable_diffusion", {"clip_name": ["this is a T5 text encoder", "not a CLIP text encoder"]}),
+    ("CLIPLoader", ["clip_vision"], "stable_diffusion", {"clip_name": ["a CLIP vision (image) encoder"]}),
+    ("DualCLIPLoader", ["clip_l", "umt5"], "sdxl", {"clip_name2": ["this is a UMT5 text encoder"]}),
+]
+
+
+@pytest.mark.parametrize(("node", "files", "clip_type", "want"), CLIP_CASES,
+                         ids=[f"{c[0]}-{c[2]}-{'+'.join(c[1])}" for c in CLIP_CASES])
+def test_clip_types_and_foreign_text_encoders(base: Path, node: str, files: list[str], clip_type: str,
+                                              want: dict[str, list[str]]) -> None:
+    """ComfyUI's type options all validate in shape; a type Sumi cannot run, or a file that is no CLIP text
+    encoder, is a validation error on that input naming the type's family, what each file appears to be (by its
+    tensor names) and what Sumi loads."""
+    names = _clip_files(base)
+    fields = ["clip_name"] if node == "CLIPLoader" else ["clip_name1", "clip_name2"]
+    inputs = {f: names[k] for f, k in zip(fields, files, strict=True)} | {"type": clip_type}
+    prompt = _graph(["1", 0], ["12", 0], ["1", 2], {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": NAMES["sdxl"]}},
+        "12": {"class_type": node, "inputs": inputs}})
+    errors: dict[str, str] = {}
+    try:
+        Executor(build_registry()).prepare(prompt)
+    except ValidationFailed as e:
+        errors = {err.input_name: err.message for err in e.errors if err.node_id == "12"}
+        assert all(err.node_id == "12" and err.class_type == node for err in e.errors), e.errors
+    assert set(errors) == set(want), errors
+    for field, phrases in want.items():
+        for phrase in phrases:
+            assert phrase in errors[field], (phrase, errors[field])
+
+
+def test_every_comfyui_clip_type_is_listed_and_the_unrunnable_ones_are_named() -> None:
+    from nodes.loaders import CLIP_LOADER_TYPES, CLIP_TYPE_FAMILIES, DUAL_CLIP_TYPES, CLIPLoader, DualCLIPLoader
+
+    reference = ["stable_diffusion", "stable_cascade", "sd3", "stable_audio", "mochi", "ltxv", "pixart", "cosmos",
+                 "lumina2", "wan", "hidream", "chroma", "ace", "omnigen2", "qwen_image", "hunyuan_image"]
+    assert CLIP_LOADER_TYPES[:len(reference)] == reference  # shared/reference/comfyui.md §5, in its order
+    assert DUAL_CLIP_TYPES == ["sdxl", "sd3", "flux", "hunyuan_video", "hidream", "hunyuan_image"]
+    for node, types in ((CLIPLoader, CLIP_LOADER_TYPES), (DualCLIPLoader, DUAL_CLIP_TYPES)):
+        assert node.inputs[[i.name for i in node.inputs].index("type")].options == types
+        for t in set(types) - set(models.CLIP_TYPES):
+            assert t in CLIP_TYPE_FAMILIES
+            names = {"clip_name": "x.safetensors"} if node is CLIPLoader else {"clip_name1": "x", "clip_name2": "y"}
+            assert f"{t!r} is for {CLIP_TYPE_FAMILIES[t]}" in node.check(type=t, **names)["type"]
