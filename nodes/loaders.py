@@ -356,26 +356,70 @@ class DualCLIPLoader(Node):
         return (models.load_text_encoders(files, type),)
 
 
+def vae_names() -> list[str]:
+    """VAE files, then ComfyUI's TAESD pseudo-names whose two halves are in vae_approx, then the tiny TAESDs."""
+    from .diffusion.taesd import TAESD_NAMES
+
+    taesd = [n for n in TAESD_NAMES if models.taesd_files(n) is not None]
+    return [*paths.list_models("vae"), *taesd, *models.TINY_TAESD]
+
+
+def _is_taesd(vae_name: str) -> bool:
+    from .diffusion.taesd import TAESD_NAMES
+
+    return vae_name in models.TINY_TAESD or (vae_name in TAESD_NAMES and paths.find_model("vae", vae_name) is None)
+
+
 class VAELoader(Node):
     type = "VAELoader"
     model_files: ClassVar[dict[str, str]] = {"vae_name": "vae"}  # read by nodes.manifest
     display_name = "Load VAE"
     category = "loaders"
+    description = ("Loads a VAE file, or TAESD (taesd for SD1.x/SD2.x, taesdxl for SDXL) from the "
+                   "NAME_encoder / NAME_decoder files in models/vae_approx.")
     cache_pool = "models"
     determinism = Determinism.VOLATILE
-    inputs = (Input("vae_name", "COMBO", options=lambda: paths.list_models("vae"),
-                    missing_hint=paths.missing_model_hint("vae")),)
+    inputs = (Input("vae_name", "COMBO", options=vae_names, missing_hint=paths.missing_model_hint("vae")),)
     outputs = (Output("VAE"),)
 
     @classmethod
     def fingerprint(cls, vae_name: str) -> str:
+        if vae_name in models.TINY_TAESD and models.taesd_files(vae_name) is None:
+            return f"tiny:{vae_name}|{devices.POLICY.describe()}"
+        if _is_taesd(vae_name):
+            files = models.taesd_files(vae_name)
+            if files is None:
+                raise FileNotFoundError(vae_name)
+            return "|".join([*(model_file_identity(f) for f in files), devices.POLICY.describe()])
         return _fingerprint("vae", vae_name)
 
     @classmethod
     def check(cls, vae_name: str) -> dict[str, str]:
-        return _check_file("vae_name", "vae", vae_name, "detect_vae")
+        if not _is_taesd(vae_name):
+            return _check_file("vae_name", "vae", vae_name, "detect_vae")
+        from .diffusion.reading import CheckpointError, open_checkpoint
+        from .diffusion.taesd import RUNNABLE, TAESD_NAMES, detect_taesd
+
+        family = TAESD_NAMES[models.TINY_TAESD.get(vae_name, vae_name)][0]
+        if models.TINY_TAESD.get(vae_name, vae_name) not in RUNNABLE:
+            return {"vae_name": f"{vae_name} decodes {family} latents (16 channels), a model family Sumi does not "
+                                "run; taesd (SD1.x/SD2.x) and taesdxl (SDXL) load"}
+        for part, path in zip(("encoder", "decoder"), models.taesd_files(vae_name) or ("", ""), strict=True):
+            if not path:  # a tiny TAESD not built yet
+                continue
+            if path.suffix.lower() != ".safetensors" or not os.access(path, os.R_OK):
+                continue
+            try:
+                with open_checkpoint(path) as opened:
+                    detect_taesd(opened.meta, part)
+            except CheckpointError as e:
+                e.path = path.name
+                return {"vae_name": str(e)}
+        return {}
 
     def run(self, ctx: Any, vae_name: str) -> tuple[Any, ...]:
+        if _is_taesd(vae_name):
+            return (models.load_taesd(vae_name),)
         return (models.load_vae(_found("vae", vae_name)),)
 
 
