@@ -111,6 +111,9 @@ class _SafetensorsReader:
         for name, e in header.items():
             if name == "__metadata__":
                 continue
+            if isinstance(e, dict) and isinstance(e.get("dtype"), str) and e["dtype"] not in ST_DTYPES:
+                raise ValueError(f"tensor {name!r} is stored as {e['dtype']}, a dtype Sumi does not read "
+                                 f"(it reads {', '.join(ST_DTYPES)})")
             try:
                 dtype, shape, (begin, end) = ST_DTYPES[e["dtype"]], [int(s) for s in e["shape"]], e["data_offsets"]
             except (KeyError, TypeError, ValueError) as exc:
