@@ -190,15 +190,8 @@ def ensure_default_checkpoint(name: str = DEFAULT_CHECKPOINT) -> Path:
     """Build one of the embedded tiny checkpoints (`TINY_CHECKPOINTS`) into models/checkpoints on first use."""
     from .diffusion.fixtures import build_tiny_checkpoint
 
-    existing = paths.find_model("checkpoints", name)
-    if existing:
-        return existing
-    target = paths.model_dirs("checkpoints")[0] / name
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(f".tmp{id(target)}")
-    build_tiny_checkpoint(tmp, family=TINY_CHECKPOINTS[name], in_channels=9 if name in TINY_INPAINTING else 4)
-    tmp.replace(target)  # atomic: a concurrent reader never sees half a file
-    return target
+    return paths.build_once("checkpoints", name, lambda tmp: build_tiny_checkpoint(
+        tmp, family=TINY_CHECKPOINTS[name], in_channels=9 if name in TINY_INPAINTING else 4))
 
 
 # the embedded tiny LoRAs for the tiny SD1.x model, one per file format, built on first use
@@ -214,15 +207,7 @@ def ensure_tiny_controlnet(name: str) -> Path:
     """Build one of `TINY_CONTROLNETS` into models/controlnet on first use."""
     from .diffusion.fixtures import build_tiny_controlnet
 
-    existing = paths.find_model("controlnet", name)
-    if existing:
-        return existing
-    target = paths.model_dirs("controlnet")[0] / name
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(f".tmp{id(target)}")
-    build_tiny_controlnet(tmp, TINY_CONTROLNETS[name])
-    tmp.replace(target)
-    return target
+    return paths.build_once("controlnet", name, lambda tmp: build_tiny_controlnet(tmp, TINY_CONTROLNETS[name]))
 
 
 # the embedded tiny TAESDs (VAELoader pseudo-names, as ComfyUI's `taesd`) -> the ComfyUI name whose scale they use
@@ -281,15 +266,7 @@ def ensure_tiny_lora(name: str) -> Path:
     """Build one of `TINY_LORAS` into models/loras on first use (the reference rule, seeded from the names)."""
     from .diffusion.fixtures import tiny_lora_layout, write_lora_by_rule
 
-    existing = paths.find_model("loras", name)
-    if existing:
-        return existing
-    target = paths.model_dirs("loras")[0] / name
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(f".tmp{id(target)}")
-    write_lora_by_rule(tmp, tiny_lora_layout(*TINY_LORAS[name]))
-    tmp.replace(target)
-    return target
+    return paths.build_once("loras", name, lambda tmp: write_lora_by_rule(tmp, tiny_lora_layout(*TINY_LORAS[name])))
 
 
 def load(path: Path) -> tuple[DiffusionModel, TextEncoders, VAEModel]:

@@ -23,15 +23,7 @@ def ensure_tiny_upscale_model(name: str) -> Path:
     """Build one of `TINY_UPSCALE_MODELS` into models/upscale_models on first use."""
     from .upscaler_fixtures import TINY, write_esrgan
 
-    existing = paths.find_model("upscale_models", name)
-    if existing:
-        return existing
-    target = paths.model_dirs("upscale_models")[0] / name
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f"{target.stem}.tmp{os.getpid()}{target.suffix}")
-    write_esrgan(tmp, **TINY)
-    tmp.replace(target)  # atomic: a concurrent reader never sees half a file
-    return target
+    return paths.build_once("upscale_models", name, lambda tmp: write_esrgan(tmp, **TINY))
 
 
 def _policy() -> str:
