@@ -8,7 +8,7 @@
     python main.py run COMPONENT.json|component/NAME --input NAME=VALUE …
     python main.py run IMAGE.png --verify
     python main.py serve [--listen 127.0.0.1] [--port 8188] [--token T] [--enable-cors-header ORIGIN]
-                         [--preview-method auto|latent2rgb|none] [--front-end sumi|comfyui]
+                         [--preview-method auto|latent2rgb|taesd|none] [--front-end sumi|comfyui]
                          [--front-end-root DIR]
 
 Exit status: 0 success, 1 a run-time error, 2 an invalid workflow or command line.
@@ -554,7 +554,8 @@ def serve_executor(args: argparse.Namespace, registry: Any) -> Any:
     from executor.runner import Executor
     from nodes import preview
 
-    return Executor(registry, previews=preview.enabled(args.preview_method or "auto"))
+    preview.configure(args.preview_method or "auto")
+    return Executor(registry, previews=preview.enabled(preview.METHOD))
 
 
 class FrontEndMissing(Exception):
@@ -705,10 +706,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     serve.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
     serve.add_argument("--threads", type=int, help="torch CPU threads")
-    serve.add_argument("--preview-method", default=None, choices=["none", "auto", "latent2rgb"],
-                       help="sampling previews for every client (auto: latent2rgb; none: never); by default only "
-                            "clients that ask get them (extra_data.preview_method, or supports_preview_metadata "
-                            "in their feature flags)")
+    serve.add_argument("--preview-method", default=None, choices=["none", "auto", "latent2rgb", "taesd"],
+                       help="sampling previews for every client (auto: taesd where models/vae_approx has the "
+                            "family's taesd_decoder / taesdxl_decoder file, else latent2rgb; none: never); by "
+                            "default only clients that ask get them (extra_data.preview_method, or "
+                            "supports_preview_metadata in their feature flags)")
     serve.add_argument("--front-end", choices=["sumi", "comfyui"], default="sumi",
                        help="the front end served at / (comfyui: ComfyUI's own, from the installed "
                             "comfyui-frontend-package)")

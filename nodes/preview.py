@@ -1,14 +1,30 @@
-"""Cheap previews while sampling: the x0 estimate projected straight to RGB, no VAE ("latent2rgb").
+"""Previews while sampling: the x0 estimate of each step as a small image, by one of ComfyUI's methods.
 
-ComfyUI's `--preview-method latent2rgb` (what `auto` resolves to without TAESD): each latent pixel's 4 channels,
-in the sampler's scaled latent space (VAE latent × 0.18215), go through a fixed 4×3 linear map fitted for SD1.x,
-then [-1, 1] → [0, 255]. The image is the latent's size (1/8 of the output), first batch item only.
+- `latent2rgb`: each latent pixel's 4 channels, in the sampler's scaled latent space (VAE latent × 0.18215), go
+  through a fixed 4×3 linear map fitted for SD1.x, then [-1, 1] → [0, 255]. The image is the latent's size (1/8 of
+  the output), first batch item only. Costs nothing.
+- `taesd`: the family's TAESD decoder (`taesd_decoder.*` for SD1.x/SD2.x, `taesdxl_decoder.*` for SDXL, in
+  models/vae_approx, as ComfyUI finds them) decodes the x0 estimate to a full-size image, fitted into 512 px. When
+  the decoder file is missing, latent2rgb is used and a warning is logged once per family.
+- `auto` (the default): taesd where the family's decoder file is there, latent2rgb otherwise, as in ComfyUI.
+
+The method is the server's (`--preview-method`, `configure`); whether a prompt gets previews at all is decided per
+prompt by the server and reaches nodes as `ctx.wants_previews`.
 """
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-METHODS = ("none", "auto", "latent2rgb")  # `auto` is latent2rgb: Sumi ships no TAESD decoder
+from . import paths
+
+METHODS = ("none", "auto", "latent2rgb", "taesd")
+METHOD = "auto"
+# which TAESD decodes a family's latents (ComfyUI's file names in models/vae_approx)
+TAESD_FOR_FAMILY = {"sd15": "taesd", "sd2": "taesd", "sdxl": "taesdxl", "sdxl_refiner": "taesdxl"}
+log = logging.getLogger(__name__)
+_decoders: dict[str, tuple[Any, Any]] = {}  # TAESD name -> ((path, size, mtime), decoder module or None)
+_warned: set[str] = set()
 PREVIEW_SIZE = 512  # longest side of a preview, as ComfyUI's --preview-size default
 
 # SD1.x latent → RGB factors (rows: latent channels 0..3, columns: R, G, B), as ComfyUI's and A1111's SD15 format.
@@ -25,6 +41,64 @@ def enabled(method: str) -> bool:
     if method not in METHODS:
         raise ValueError(f"unknown preview method {method!r}; choose one of {', '.join(METHODS)}")
     return method != "none"
+
+
+def configure(method: str) -> None:
+    """Set the server's preview method (one of METHODS)."""
+    global METHOD
+    enabled(method)
+    METHOD = method
+
+
+def preview_image(x0: Any, family: str | None = None, max_size: int = PREVIEW_SIZE) -> Any:
+    """A PIL image of the first item of a scaled x0 estimate, by the configured method; None when none fits."""
+    if METHOD in ("auto", "taesd"):
+        decoder = _taesd_decoder(family)
+        if decoder is not None:
+            return _decode_taesd(decoder, x0, max_size)
+    return latent_to_rgb(x0, max_size)
+
+
+def _taesd_decoder(family: str | None) -> Any:
+    """The family's TAESD decoder, loaded once per file version; None when there is none (warned for `taesd`)."""
+    name = TAESD_FOR_FAMILY.get(family or "")
+    if name is None:
+        return None
+    rel = next((n for n in paths.list_models("vae_approx") if n.startswith(f"{name}_decoder.")), None)
+    path = paths.find_model("vae_approx", rel) if rel else None
+    if path is None:
+        if METHOD == "taesd" and name not in _warned:
+            _warned.add(name)
+            log.warning("TAESD previews asked for, but models/vae_approx has no %s_decoder file; using latent2rgb",
+                        name)
+        return None
+    st = path.stat()
+    identity = (str(path), st.st_size, st.st_mtime_ns)
+    cached = _decoders.get(name)
+    if cached is None or cached[0] != identity:
+        from .diffusion.reading import CheckpointError
+        from .diffusion.taesd import load_taesd_decoder
+
+        try:
+            _decoders[name] = (identity, load_taesd_decoder(path))
+        except CheckpointError as e:
+            log.warning("TAESD preview decoder not usable, using latent2rgb: %s", e)
+            _decoders[name] = (identity, None)
+    return _decoders[name][1]
+
+
+def _decode_taesd(decoder: Any, x0: Any, max_size: int) -> Any:
+    import torch
+    from PIL import Image
+
+    latent = x0[:1] if x0.ndim == 4 else x0[None]
+    with torch.inference_mode():
+        out = decoder(latent.detach().to(device="cpu", dtype=torch.float32))[0]  # [-1, 1]
+    pixels = ((out + 1.0) / 2.0).clamp(0, 1).movedim(0, -1).mul(255).round().to(torch.uint8).numpy()
+    image = Image.fromarray(pixels, "RGB")
+    if max(image.size) > max_size:
+        image.thumbnail((max_size, max_size))
+    return image
 
 
 def latent_to_rgb(x0: Any, max_size: int = PREVIEW_SIZE) -> Any:

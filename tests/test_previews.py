@@ -1,9 +1,11 @@
 """Sampling previews: the latent2rgb projection, the --preview-method flag, and that only a host that asked pays.
 
 Proves: latent2rgb applies the SD1.x 4×3 factors to the first batch item and maps [-1, 1] to 0..255, fitting
-large latents into 512 px; `serve --preview-method` takes none|auto|latent2rgb (default auto) and `none` turns
-previews off; a CLI run (`main.main(["run", …])`, in-process) never calls the preview function, while the
-same workflow on an Executor with previews on calls it once per sampler step and emits `preview` events.
+large latents into 512 px; `serve --preview-method` takes none|auto|latent2rgb|taesd (default auto) and `none`
+turns previews off; `auto` and `taesd` decode with the family's TAESD decoder file when models/vae_approx has it
+(full-size previews equal to the TAESD VAE's decode), else fall back to latent2rgb (`taesd` warns); a CLI run
+(`main.main(["run", …])`, in-process) never calls the preview function, while the same workflow on an Executor
+with previews on calls it once per sampler step and emits `preview` events.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -47,14 +50,15 @@ def test_latent_to_rgb_clamps_fits_and_refuses_other_latent_shapes() -> None:
 
 
 def test_preview_methods() -> None:
-    assert [preview.enabled(m) for m in ("none", "auto", "latent2rgb")] == [False, True, True]
+    assert [preview.enabled(m) for m in ("none", "auto", "latent2rgb", "taesd")] == [False, True, True, True]
     with pytest.raises(ValueError, match="taesd"):
-        preview.enabled("taesd")
+        preview.enabled("vae")
     parser = main.build_parser()
     assert parser.parse_args(["serve"]).preview_method is None  # unset: previews only for clients that ask
     assert parser.parse_args(["serve", "--preview-method", "none"]).preview_method == "none"
+    assert parser.parse_args(["serve", "--preview-method", "taesd"]).preview_method == "taesd"
     with pytest.raises(SystemExit):
-        parser.parse_args(["serve", "--preview-method", "taesd"])
+        parser.parse_args(["serve", "--preview-method", "vae"])
     with pytest.raises(SystemExit):
         parser.parse_args(["run", "x.json", "--preview-method", "auto"])  # a serve flag only
 
@@ -106,3 +110,57 @@ def test_a_cli_run_never_computes_a_preview(base: Path, monkeypatch: pytest.Monk
     shown = [e.data for e in emitted if e.type == "preview"]
     assert [(d["node"], d["image"].size, d["image"].mode) for d in shown] == [("3", (8, 8), "RGB")] * STEPS
     assert [e.type for e in emitted if e.type in ("progress", "preview")] == ["progress", "preview"] * STEPS
+
+
+def test_taesd_previews_decode_full_size_with_the_familys_decoder_file(
+        base: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from nodes.diffusion.fixtures import build_tiny_taesd
+    from nodes.diffusion.taesd import load_taesd
+
+    monkeypatch.setattr(preview, "METHOD", preview.METHOD)
+    monkeypatch.setattr(preview, "_decoders", {})
+    monkeypatch.setattr(preview, "_warned", set())
+    paths.configure(base)
+    approx = base / "models" / "vae_approx"
+    approx.mkdir(parents=True)
+    taesd_run = Executor(build_registry(), previews=True)
+
+    def previews() -> list[Any]:
+        emitted: list[Any] = []
+        assert taesd_run.run(small_txt2img(), on_event=emitted.append).status == "success"
+        taesd_run.cache.clear()
+        return [e.data["image"] for e in emitted if e.type == "preview"]
+
+    # taesd asked for, no decoder file: latent2rgb's latent-sized images, and one warning naming the file
+    preview.configure("taesd")
+    with caplog.at_level("WARNING", logger="nodes.preview"):
+        assert [im.size for im in previews()] == [(8, 8)] * STEPS
+        assert [im.size for im in previews()] == [(8, 8)] * STEPS
+    assert [r.getMessage() for r in caplog.records].count(
+        "TAESD previews asked for, but models/vae_approx has no taesd_decoder file; using latent2rgb") == 1
+
+    # an SDXL decoder does not decode SD1.x latents: still latent2rgb under auto
+    build_tiny_taesd(tmp_path / "xl_encoder.safetensors", approx / "taesdxl_decoder.safetensors", seed=5)
+    preview.configure("auto")
+    assert [im.size for im in previews()] == [(8, 8)] * STEPS
+
+    # the SD1.x decoder alone (no encoder, as ComfyUI users install it): full-size images from that decoder
+    encoder = tmp_path / "taesd_encoder.safetensors"
+    build_tiny_taesd(encoder, approx / "taesd_decoder.safetensors", seed=7)
+    x0s: list[torch.Tensor] = []
+    real = preview._decode_taesd
+
+    def spy(decoder: Any, x0: torch.Tensor, size: int) -> Any:
+        x0s.append(x0.clone())
+        return real(decoder, x0, size)
+
+    monkeypatch.setattr(preview, "_decode_taesd", spy)
+    shown = previews()
+    assert [im.size for im in shown] == [(64, 64)] * STEPS and len(x0s) == STEPS
+    full = load_taesd(encoder, approx / "taesd_decoder.safetensors")
+    for image, x0 in zip(shown, x0s, strict=True):
+        with torch.inference_mode():
+            want = ((full.decode(x0[:1], return_dict=False)[0][0] + 1) / 2).clamp(0, 1).movedim(0, -1)
+        got = torch.from_numpy(np.array(image)).float() / 255
+        assert (got - want).abs().max() <= 0.5 / 255 + 1e-6
+    assert float(torch.from_numpy(np.array(shown[-1])).float().std()) > 1.0  # an image, not a flat fill

@@ -142,6 +142,33 @@ def load_taesd(encoder: Path, decoder: Path, device: str | torch.device = "cpu",
     return module.eval().requires_grad_(False)
 
 
+def load_taesd_decoder(path: Path, device: str | torch.device = "cpu",
+                       dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """diffusers' `DecoderTiny` from a decoder file alone (`taesd_decoder.*`: what previews need). It takes the
+    sampler's scaled latents and gives images in [-1, 1]."""
+    from diffusers.models.autoencoders.vae import DecoderTiny
+
+    sd = read_state_dict(path)
+    try:
+        half = detect_taesd(sd, "decoder")
+    except CheckpointError as e:
+        e.path = str(path)
+        raise
+    with torch.device("meta"):
+        module = DecoderTiny(in_channels=half.latent_channels, out_channels=3, num_blocks=half.blocks,
+                             block_out_channels=half.widths, upsampling_scaling_factor=2, act_fn="relu",
+                             upsample_fn="nearest")
+    prefix = HALVES["decoder"][0].split(".", 1)[1] + "."  # DecoderTiny's own names start at `layers.`
+    state = {prefix + k.split(".", 2)[2]: t.to(device=device, dtype=dtype)
+             for k, t in to_diffusers(sd, "decoder").items()}
+    try:
+        module.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"layout detected as a TAESD decoder but the tensors do not fit: {e}",
+                              reason="mismatch", path=path) from e
+    return module.eval().requires_grad_(False)
+
+
 @dataclass
 class TinyVAEModel:
     """VAE: TAESD; IMAGE [B,H,W,3] in 0..1 <-> LATENT samples in unscaled VAE space (scale/shift per family)."""
