@@ -47,8 +47,10 @@ def write_config_folder(info: FamilyInfo, folder: str | Path, pipeline: str) -> 
     folder = Path(folder)
     _put(folder / "unet", "config.json", {"_class_name": "UNet2DConditionModel", **info.unet_config})
     _put(folder / "vae", "config.json", {"_class_name": "AutoencoderKL", **info.vae_config})
+    # steps_offset 1 as released SD configs have it (the inpainting pipeline warns otherwise); explicit timesteps
+    # (what the tests pass) do not read it
     _put(folder / "scheduler", "scheduler_config.json",
-         {"_class_name": "EulerDiscreteScheduler", **info.schedule, "timestep_spacing": "leading"})
+         {"_class_name": "EulerDiscreteScheduler", **info.schedule, "timestep_spacing": "leading", "steps_offset": 1})
     index: dict[str, Any] = {"_class_name": pipeline, "unet": ["diffusers", "UNet2DConditionModel"],
                              "vae": ["diffusers", "AutoencoderKL"],
                              "scheduler": ["diffusers", "EulerDiscreteScheduler"]}

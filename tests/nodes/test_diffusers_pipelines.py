@@ -20,7 +20,8 @@ ComfyUI's conventions, which Sumi follows, and diffusers' defaults differ:
   original_size / crops_coords_top_left / target_size;
 - guidance: ComfyUI mixes denoised outputs, diffusers noise predictions; for eps models x − σ·ε is linear, so the
   two agree to float rounding.
-The bounds are relative to the reference's largest value; each says what was measured.
+The bounds (1e-5 of the reference's largest value) are float32 rounding with headroom: every case measured 1–3e-6;
+each test says what it measured (and the SDXL and LoRA ones what a wrong setting gives).
 """
 from __future__ import annotations
 
@@ -37,7 +38,9 @@ from executor.runner import Executor
 from nodes import build_registry, devices, models, paths
 from tests.diffusers_ref import controlnet, pipeline
 
-SEED, STEPS, CFG, SIZE = 5, 4, 7.0, 64
+# 128 px: at 64 px the tiny SD1.5 UNet's deepest level is 1 × 1, where each GroupNorm group holds two values and
+# one float32 ulp in the input moved the output by 1e-3 (measured); at 2 × 2 it is as well-conditioned as the rest
+SEED, STEPS, CFG, SIZE = 5, 4, 7.0, 128
 TIMESTEPS = [999, 666, 333, 0]  # KSampler's euler/normal for 4 steps, integers: see the module docstring
 POSITIVE, NEGATIVE = "a red apple on a wooden table", "blurry, low quality"
 
@@ -52,8 +55,9 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     paths.FOLDERS, devices.POLICY = saved, policy
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def ex(base: Path) -> Executor:
+    """A fresh executor per test: result.values then holds every node's output (none comes from the cache)."""
     return Executor(build_registry())
 
 
@@ -148,7 +152,7 @@ def test_sdxl_txt2img_matches_stable_diffusion_xl_pipeline(ex: Executor, encode:
                   **{"negative_" + k: v for k, v in sizes.items()}}
     latents, image = _diffusers(pipe, _noise(), **kwargs)
     mine = result.values["5"][0]["samples"] * 0.13025
-    # measured 2e-7 (latents) and 1e-7 (image): float rounding only
+    # measured 2–3e-6 (latents and image); swapping crop_w and crop_h alone moves the latents by 1.2e-2
     _assert_close(mine, latents, 1e-5, "latents")
     _assert_close(result.values["6"][0], image, 1e-5, "image")
 
@@ -181,13 +185,110 @@ def test_controlnet_matches_diffusers_controlnet_pipelines(ex: Executor, family:
     cls = StableDiffusionXLControlNetPipeline if family == "sdxl" else StableDiffusionControlNetPipeline
     pipe = pipeline(cls, ckpt, paths.FOLDERS.base / f"cfg_cn_{family}", controlnet=controlnet(cn_path))
     result = _run(ex, _graph(ckpt.name, control=(cn_path.name, "control_hint.png", 0.8)))
-    plain = _run(ex, _graph(ckpt.name))
+    plain = _run(Executor(build_registry()), _graph(ckpt.name))
     latents, image = _diffusers(pipe, _noise(), prompt=POSITIVE, negative_prompt=NEGATIVE, image=hint,
                                 controlnet_conditioning_scale=0.8)
     scale = pipe.vae.config.scaling_factor
     mine = result.values["5"][0]["samples"] * scale
     effect = float((plain.values["5"][0]["samples"] * scale - latents).abs().max() / latents.abs().max())
     assert effect > 1e-3  # the control changes the result far beyond the bound below
-    # measured 2e-6 (latents) and 2e-6 (image)
+    # measured ≤ 2.2e-6 (latents and image)
+    _assert_close(mine, latents, 1e-5, "latents")
+    _assert_close(result.values["6"][0], image, 1e-5, "image")
+
+
+# ------------------------------------------------------------------------------------------------ inpainting
+
+
+def test_inpainting_model_matches_stable_diffusion_inpaint_pipeline(ex: Executor) -> None:
+    """The 9-channel tiny SD1.5 inpainting model with InpaintModelConditioning against
+    StableDiffusionInpaintPipeline. What is made to agree:
+    - the hole (alpha 0 in the PNG: LoadImage's mask 1) is aligned to 8-px blocks, so diffusers' nearest resize of
+      the mask to the latent and ComfyUI's bilinear-then-round give the same mask;
+    - the masked image: ComfyUI greys masked pixels to 0.5 before encoding, diffusers multiplies the [-1, 1] image by
+      (mask < 0.5): both feed the VAE 0 there. ComfyUI encodes the posterior mean, diffusers samples the posterior
+      (`retrieve_latents` with its generator): diffusers gets `masked_image_latents` from its own VAE and its own
+      preprocessing, with the mean;
+    - the start: at strength 1 diffusers starts from noise alone, while KSampler adds its input latent to the noise
+      (ComfyUI's noise scaling); InpaintModelConditioning's latent is the encoded image, so the sampler gets an
+      empty latent, and noise_mask is off (diffusers' 9-channel path keeps no region fixed)."""
+    from diffusers import StableDiffusionInpaintPipeline
+
+    ckpt = models.ensure_default_checkpoint("sumi_tiny_sd15_inpainting.safetensors")
+    rgb = _pattern(paths.FOLDERS.input / "inpaint_rgb.png", 4)
+    hole = np.zeros((SIZE, SIZE), dtype=np.uint8)
+    hole[32:96, 40:112] = 255  # repaint here (diffusers: white; ComfyUI: alpha 0)
+    rgba = np.dstack([np.asarray(rgb), 255 - hole])
+    Image.fromarray(rgba, "RGBA").save(paths.FOLDERS.input / "inpaint_rgba.png")
+    graph = _graph(ckpt.name)
+    graph["10"] = {"class_type": "LoadImage", "inputs": {"image": "inpaint_rgba.png"}}
+    graph["11"] = {"class_type": "InpaintModelConditioning", "inputs": {
+        "positive": ["2", 0], "negative": ["3", 0], "vae": ["1", 2], "pixels": ["10", 0], "mask": ["10", 1],
+        "noise_mask": False}}
+    graph["5"]["inputs"].update(positive=["11", 0], negative=["11", 1])
+    result = _run(ex, graph)
+
+    pipe = pipeline(StableDiffusionInpaintPipeline, ckpt, paths.FOLDERS.base / "cfg_inpaint")
+    mask_image = Image.fromarray(hole, "L")
+    with torch.no_grad():
+        init = pipe.image_processor.preprocess(rgb)
+        keep = pipe.mask_processor.preprocess(mask_image) < 0.5
+        masked = pipe.vae.encode(init * keep).latent_dist.mode() * pipe.vae.config.scaling_factor
+    latents, image = _diffusers(pipe, _noise(), prompt=POSITIVE, negative_prompt=NEGATIVE, image=rgb,
+                                mask_image=mask_image, masked_image_latents=masked, strength=1.0)
+    concat = result.values["11"][0][0][1]["concat_latent_image"] * 0.18215
+    _assert_close(concat, masked, 1e-5, "masked-image latent")  # measured 0: bit-identical
+    mine = result.values["5"][0]["samples"] * 0.18215
+    # measured 2.7e-6 (latents) and 3.0e-6 (image)
+    _assert_close(mine, latents, 1e-5, "latents")
+    _assert_close(result.values["6"][0], image, 1e-5, "image")
+
+
+# ------------------------------------------------------------------------------------------------ LoRA
+
+
+LORAS = [("sd15", "kohya"), ("sd15", "peft"), ("sdxl", "kohya")]
+
+
+@pytest.mark.parametrize(("family", "fmt"), LORAS, ids=[f"{f}-{m}" for f, m in LORAS])
+def test_lora_matches_diffusers_load_lora_weights_and_fuse_lora(ex: Executor, family: str, fmt: str) -> None:
+    """LoraLoader (strength_model = strength_clip = 0.7) against `pipe.load_lora_weights(file)` then
+    `pipe.fuse_lora(lora_scale=0.7)` on the same tiny LoRA files (kohya with alpha, diffusers/PEFT without). ComfyUI
+    holds text-encoder weights at fp16 precision, so a LoRA merged into them is rounded to fp16 (nodes/diffusion/
+    lora.py); the diffusers text encoders get the same rounding after fusing (their unpatched weights come from an fp16
+    file, so for them it changes nothing)."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    from nodes.diffusion import fixtures as F
+
+    ckpt = models.ensure_default_checkpoint(f"sumi_tiny_{family}.safetensors")
+    name = f"sumi_tiny_{family}_lora_{fmt}.safetensors"
+    if name in models.TINY_LORAS:
+        lora_path = models.ensure_tiny_lora(name)
+    else:
+        lora_path = paths.model_dirs("loras")[0] / name
+        lora_path.parent.mkdir(parents=True, exist_ok=True)
+        F.write_lora_by_rule(lora_path, F.tiny_lora_layout(family, fmt))
+    lora = {"lora_name": name, "strength_model": 0.7, "strength_clip": 0.7}
+    result = _run(ex, _graph(ckpt.name, lora=lora))
+    plain = _run(Executor(build_registry()), _graph(ckpt.name))
+
+    cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+    pipe = pipeline(cls, ckpt, paths.FOLDERS.base / f"cfg_lora_{family}_{fmt}")
+    pipe.load_lora_weights(str(lora_path.parent), weight_name=lora_path.name)
+    pipe.fuse_lora(lora_scale=0.7)
+    pipe.unload_lora_weights()  # the fused weights stay; the adapters go
+    texts = [pipe.text_encoder] + ([pipe.text_encoder_2] if family == "sdxl" else [])
+    with torch.no_grad():
+        for enc in texts:
+            for p in enc.parameters():
+                p.copy_(p.half().float())
+    latents, image = _diffusers(pipe, _noise(), prompt=POSITIVE, negative_prompt=NEGATIVE)
+    scale = pipe.vae.config.scaling_factor
+    mine = result.values["5"][0]["samples"] * scale
+    effect = float((plain.values["5"][0]["samples"] * scale - latents).abs().max() / latents.abs().max())
+    assert effect > 1e-3  # the LoRA changes the result far beyond the bound below
+    # measured ≤ 2.6e-6 (latents and image); without the fp16 rounding of the text weights SD1.5's differ by
+    # 1.1e-4 (kohya) and 6.9e-5 (PEFT), with lora_scale 0.71 instead of 0.7 by 9e-4, 3e-3 and 1.3e-4 (SDXL)
     _assert_close(mine, latents, 1e-5, "latents")
     _assert_close(result.values["6"][0], image, 1e-5, "image")
