@@ -79,10 +79,12 @@ def convert_text_encoders(info: FamilyInfo, path: str | Path, folder: Path,
                           dtype: torch.dtype) -> dict[str, torch.nn.Module]:
     """{diffusers folder name: transformers module} converted by diffusers' own single-file helpers."""
     from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint, convert_open_clip_checkpoint
-    from safetensors.torch import load_file
+    from safetensors import safe_open
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    checkpoint = load_file(str(path))
+    prefixes = tuple(t.prefix.removesuffix("text_model.").removesuffix("model.") for t in info.text.values())
+    with safe_open(str(path), "pt") as f:  # the text encoders' tensors only (SDXL's file is 6.9 GB)
+        checkpoint = {k: f.get_tensor(k) for k in f.keys() if k.startswith(prefixes)}
     out = {}
     for name, sub in TEXT_FOLDERS[info.family].items():
         spec = info.text[name]
@@ -111,11 +113,12 @@ def pipeline(cls: type, path: str | Path, folder: str | Path, dtype: torch.dtype
     converted by `convert_text_encoders`; `components` (e.g. controlnet=...) are passed through."""
     info = info or family_info(path)
     folder = write_config_folder(info, folder, cls.__name__)
-    texts = convert_text_encoders(info, path, folder, dtype)
     kwargs: dict[str, Any] = {"safety_checker": None, "requires_safety_checker": False} \
         if not info.family.startswith("sdxl") else {"add_watermarker": False}
+    # the text encoders join after the UNet and VAE are built: from_single_file holds the whole file meanwhile
     pipe = cls.from_single_file(str(path), config=str(folder), local_files_only=True, torch_dtype=dtype,
-                                **texts, **kwargs, **components)
+                                **dict.fromkeys(TEXT_FOLDERS[info.family].values()), **kwargs, **components)
+    pipe.register_modules(**convert_text_encoders(info, path, folder, dtype))
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
