@@ -17,9 +17,8 @@ Parts, each recorded on its own (an error in one is written to the report and th
    memory of each. Sumi's fp16 image is compared with diffusers' too (info: 4 steps at timesteps 999/666/333/0,
    where the two samplers agree in fp32, see tests/nodes/test_diffusers_pipelines.py).
 In the report `ratio_seed_change` is Sumi's seconds / diffusers' (lower is better for Sumi), `ratio_it_per_s` Sumi's
-it/s / diffusers' (higher is better). With --cpu-dry-run, "cuda" is the CPU in bfloat16 (fp16 convolutions are
-missing or slow there), sizes are 64 px and the reference part runs on the tiny models, so every line of the script
-runs without a GPU.
+it/s / diffusers' (higher is better). With --cpu-dry-run, "cuda" is the CPU, still in fp16, sizes are 64 px
+and the reference part runs on the tiny models, so every line of the script runs without a GPU.
 
 Needs a Python with torch (CUDA build), diffusers, transformers, safetensors, numpy, pillow, networkx (the project's
 requirements.txt). Nothing is downloaded. `--budget-s` stops starting new parts once that many seconds have passed.
@@ -329,7 +328,7 @@ def part_reference(base: Path, ckpt: Path, family: str, accel: str, precision: s
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--cpu-dry-run", action="store_true", help="no GPU: CPU bf16 as the fast side, tiny models")
+    parser.add_argument("--cpu-dry-run", action="store_true", help="no GPU: the CPU in fp16 as the fast side")
     parser.add_argument("--out", default=os.environ.get("OUT") or "out", help="report folder (default $OUT or ./out)")
     parser.add_argument("--work", help="base folder for models/outputs (default: a new temporary folder)")
     parser.add_argument("--steps", type=int, default=20, help="steps of the speed runs")
@@ -341,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     if args.cpu_dry_run:
-        accel, precision, small, sizes, steps = "cpu", "bf16", 64, {"sd15": 64, "sdxl": 64}, 3
+        accel, precision, small, sizes, steps = "cpu", "fp16", 64, {"sd15": 64, "sdxl": 64}, 3
     else:
         if not torch.cuda.is_available():
             print("no CUDA device: run with --cpu-dry-run to check the script on the CPU", file=sys.stderr)
