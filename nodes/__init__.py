@@ -5,7 +5,7 @@ from executor.schema import Registry
 
 NODE_MODULES = ("nodes.loaders", "nodes.conditioning", "nodes.sampling", "nodes.latent", "nodes.image",
                 "nodes.latent_tools", "nodes.image_tools", "nodes.mask", "nodes.primitives",
-                "nodes.model_patches", "nodes.custom_sampling", "nodes.inpaint")
+                "nodes.model_patches", "nodes.custom_sampling", "nodes.inpaint", "nodes.upscale")
 
 
 def build_registry() -> Registry:

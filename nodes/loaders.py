@@ -216,10 +216,48 @@ def _fingerprint(kind: str, *names: str) -> str:
     return "|".join([*(model_file_identity(_found(kind, n)) for n in names), devices.POLICY.describe()])
 
 
-WEIGHT_DTYPES = ["default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"]
+# UNETLoader's weight_dtype -> the dtype weights are rounded to (computed in the policy's dtype; `_fast` is
+# ComfyUI's fp8 matmul on cards that have it, which Sumi does not use: same weights, same results)
+WEIGHT_DTYPES = {"default": None, "fp8_e4m3fn": "float8_e4m3fn", "fp8_e4m3fn_fast": "float8_e4m3fn",
+                 "fp8_e5m2": "float8_e5m2"}
+# ComfyUI's type options, so its workflows validate in shape; Sumi runs stable_diffusion and sdxl (models.CLIP_TYPES)
 CLIP_LOADER_TYPES = ["stable_diffusion", "stable_cascade", "sd3", "stable_audio", "mochi", "ltxv", "pixart", "cosmos",
-                     "lumina2", "wan", "hidream", "chroma", "ace", "omnigen2", "qwen_image", "hunyuan_image"]
+                     "lumina2", "wan", "hidream", "chroma", "ace", "omnigen2", "qwen_image", "hunyuan_image", "flux2",
+                     "ovis"]
 DUAL_CLIP_TYPES = ["sdxl", "sd3", "flux", "hunyuan_video", "hidream", "hunyuan_image"]
+# the model family each type Sumi does not run is for, named in its validation error
+CLIP_TYPE_FAMILIES = {
+    "stable_cascade": "Stable Cascade", "sd3": "SD3 / SD3.5", "stable_audio": "Stable Audio", "mochi": "Mochi",
+    "ltxv": "LTX-Video", "pixart": "PixArt", "cosmos": "Cosmos", "lumina2": "Lumina 2", "wan": "Wan",
+    "hidream": "HiDream", "chroma": "Chroma", "ace": "ACE-Step", "omnigen2": "OmniGen2", "qwen_image": "Qwen-Image",
+    "hunyuan_image": "HunyuanImage", "flux": "Flux", "hunyuan_video": "HunyuanVideo", "flux2": "Flux.2",
+    "ovis": "Ovis-Image"}
+CLIP_SUPPORTED = ("Sumi loads type stable_diffusion in Load CLIP (one CLIP-L file for SD1.x, or OpenCLIP-H for "
+                  "SD2.x) and type sdxl in DualCLIPLoader (CLIP-L and OpenCLIP-bigG)")
+
+
+def _appears(kind: str, name: str) -> str:
+    """What a model file appears to be, from a .safetensors header ('' when it cannot be told before running)."""
+    path = paths.find_model(kind, name)
+    if path is None or path.suffix.lower() != ".safetensors" or not os.access(path, os.R_OK):
+        return ""
+    from .diffusion.detect import describe_text_encoder
+    from .diffusion.reading import CheckpointError, open_checkpoint
+
+    try:
+        with open_checkpoint(path) as opened:
+            return describe_text_encoder(opened.meta)
+    except CheckpointError as e:
+        return e.message
+
+
+def _clip_type_error(clip_type: str, files: dict[str, str]) -> dict[str, str]:
+    """The validation error of a CLIP type Sumi cannot run: which family it is for, what each file is, what
+    Sumi loads instead."""
+    seen = [f"{name} appears to be {what}" for name in files.values() if (what := _appears("text_encoders", name))]
+    family = CLIP_TYPE_FAMILIES.get(clip_type, "another model family")
+    return {"type": "; ".join([f"CLIP type {clip_type!r} is for {family}, a model family Sumi does not run", *seen,
+                               CLIP_SUPPORTED])}
 CLIP_DEVICES = ["default", "cpu"]
 
 
@@ -228,12 +266,15 @@ class UNETLoader(Node):
     model_files: ClassVar[dict[str, str]] = {"unet_name": "diffusion_models"}  # read by nodes.manifest
     display_name = "Load Diffusion Model"
     category = "advanced/loaders"
-    description = "Loads a diffusion model (UNet) file of SD1.x, SD2.x, SDXL or the SDXL refiner on its own."
+    description = ("Loads a diffusion model (UNet) file of SD1.x, SD2.x, SDXL or the SDXL refiner on its own; "
+                   "fp8 weight dtypes round the weights to fp8 (files stored in fp8 load too).")
     cache_pool = "models"
     determinism = Determinism.VOLATILE
     inputs = (Input("unet_name", "COMBO", options=lambda: paths.list_models("diffusion_models"),
                     missing_hint=paths.missing_model_hint("diffusion_models")),
-              Input("weight_dtype", "COMBO", options=WEIGHT_DTYPES))
+              Input("weight_dtype", "COMBO", options=list(WEIGHT_DTYPES),
+                    tooltip="fp8 types keep the weights at fp8 precision; Sumi computes in the device policy's "
+                            "dtype (--precision), holding the weights upcast"))
     outputs = (Output("MODEL"),)
 
     @classmethod
@@ -242,13 +283,14 @@ class UNETLoader(Node):
 
     @classmethod
     def check(cls, unet_name: str, weight_dtype: str) -> dict[str, str]:
-        if weight_dtype != "default":
-            return {"weight_dtype": f"{weight_dtype} weights are not supported; use default "
-                                    "(the device policy's dtype, --precision)"}
         return _check_file("unet_name", "diffusion_models", unet_name, "detect_diffusion_model")
 
     def run(self, ctx: Any, unet_name: str, weight_dtype: str) -> tuple[Any, ...]:
-        return (models.load_diffusion_model(_found("diffusion_models", unet_name)),)
+        import torch
+
+        storage = WEIGHT_DTYPES[weight_dtype]
+        return (models.load_diffusion_model(_found("diffusion_models", unet_name),
+                                            getattr(torch, storage) if storage else None),)
 
 
 class CLIPLoader(Node):
@@ -256,7 +298,8 @@ class CLIPLoader(Node):
     model_files: ClassVar[dict[str, str]] = {"clip_name": "text_encoders"}  # read by nodes.manifest
     display_name = "Load CLIP"
     category = "advanced/loaders"
-    description = "Loads a text encoder file: type stable_diffusion takes CLIP-L (SD1.x) or OpenCLIP-H (SD2.x)."
+    description = ("Loads a text encoder file: type stable_diffusion takes CLIP-L (SD1.x) or OpenCLIP-H (SD2.x); "
+                   "ComfyUI's other types are listed and refused with what the file appears to be.")
     cache_pool = "models"
     determinism = Determinism.VOLATILE
     inputs = (Input("clip_name", "COMBO", options=lambda: paths.list_models("text_encoders"),
@@ -272,7 +315,7 @@ class CLIPLoader(Node):
     @classmethod
     def check(cls, clip_name: str, type: str, device: str = "default") -> dict[str, str]:
         if type not in models.CLIP_TYPES:
-            return {"type": f"CLIP type {type!r} is not supported (Sumi loads: stable_diffusion)"}
+            return _clip_type_error(type, {"clip_name": clip_name})
         return _check_file("clip_name", "text_encoders", clip_name, "detect_text_encoder")
 
     def run(self, ctx: Any, clip_name: str, type: str, device: str = "default") -> tuple[Any, ...]:
@@ -301,7 +344,7 @@ class DualCLIPLoader(Node):
     @classmethod
     def check(cls, clip_name1: str, clip_name2: str, type: str, device: str = "default") -> dict[str, str]:
         if type not in models.CLIP_TYPES:
-            return {"type": f"CLIP type {type!r} is not supported (Sumi loads: sdxl)"}
+            return _clip_type_error(type, {"clip_name1": clip_name1, "clip_name2": clip_name2})
         out = {}
         for field, name in (("clip_name1", clip_name1), ("clip_name2", clip_name2)):
             out |= _check_file(field, "text_encoders", name, "detect_text_encoder")
@@ -313,26 +356,70 @@ class DualCLIPLoader(Node):
         return (models.load_text_encoders(files, type),)
 
 
+def vae_names() -> list[str]:
+    """VAE files, then ComfyUI's TAESD pseudo-names whose two halves are in vae_approx, then the tiny TAESDs."""
+    from .diffusion.taesd import TAESD_NAMES
+
+    taesd = [n for n in TAESD_NAMES if models.taesd_files(n) is not None]
+    return [*paths.list_models("vae"), *taesd, *models.TINY_TAESD]
+
+
+def _is_taesd(vae_name: str) -> bool:
+    from .diffusion.taesd import TAESD_NAMES
+
+    return vae_name in models.TINY_TAESD or (vae_name in TAESD_NAMES and paths.find_model("vae", vae_name) is None)
+
+
 class VAELoader(Node):
     type = "VAELoader"
     model_files: ClassVar[dict[str, str]] = {"vae_name": "vae"}  # read by nodes.manifest
     display_name = "Load VAE"
     category = "loaders"
+    description = ("Loads a VAE file, or TAESD (taesd for SD1.x/SD2.x, taesdxl for SDXL) from the "
+                   "NAME_encoder / NAME_decoder files in models/vae_approx.")
     cache_pool = "models"
     determinism = Determinism.VOLATILE
-    inputs = (Input("vae_name", "COMBO", options=lambda: paths.list_models("vae"),
-                    missing_hint=paths.missing_model_hint("vae")),)
+    inputs = (Input("vae_name", "COMBO", options=vae_names, missing_hint=paths.missing_model_hint("vae")),)
     outputs = (Output("VAE"),)
 
     @classmethod
     def fingerprint(cls, vae_name: str) -> str:
+        if vae_name in models.TINY_TAESD and models.taesd_files(vae_name) is None:
+            return f"tiny:{vae_name}|{devices.POLICY.describe()}"
+        if _is_taesd(vae_name):
+            files = models.taesd_files(vae_name)
+            if files is None:
+                raise FileNotFoundError(vae_name)
+            return "|".join([*(model_file_identity(f) for f in files), devices.POLICY.describe()])
         return _fingerprint("vae", vae_name)
 
     @classmethod
     def check(cls, vae_name: str) -> dict[str, str]:
-        return _check_file("vae_name", "vae", vae_name, "detect_vae")
+        if not _is_taesd(vae_name):
+            return _check_file("vae_name", "vae", vae_name, "detect_vae")
+        from .diffusion.reading import CheckpointError, open_checkpoint
+        from .diffusion.taesd import RUNNABLE, TAESD_NAMES, detect_taesd
+
+        family = TAESD_NAMES[models.TINY_TAESD.get(vae_name, vae_name)][0]
+        if models.TINY_TAESD.get(vae_name, vae_name) not in RUNNABLE:
+            return {"vae_name": f"{vae_name} decodes {family} latents (16 channels), a model family Sumi does not "
+                                "run; taesd (SD1.x/SD2.x) and taesdxl (SDXL) load"}
+        for part, path in zip(("encoder", "decoder"), models.taesd_files(vae_name) or ("", ""), strict=True):
+            if not path:  # a tiny TAESD not built yet
+                continue
+            if path.suffix.lower() != ".safetensors" or not os.access(path, os.R_OK):
+                continue
+            try:
+                with open_checkpoint(path) as opened:
+                    detect_taesd(opened.meta, part)
+            except CheckpointError as e:
+                e.path = path.name
+                return {"vae_name": str(e)}
+        return {}
 
     def run(self, ctx: Any, vae_name: str) -> tuple[Any, ...]:
+        if _is_taesd(vae_name):
+            return (models.load_taesd(vae_name),)
         return (models.load_vae(_found("vae", vae_name)),)
 
 
@@ -341,7 +428,8 @@ class ControlNetLoader(Node):
     model_files: ClassVar[dict[str, str]] = {"control_net_name": "controlnet"}  # read by nodes.manifest
     display_name = "Load ControlNet Model"
     category = "loaders"
-    description = "Loads an original single-file ControlNet (control_model.*) for SD1.x, SD2.x or SDXL."
+    description = ("Loads a ControlNet for SD1.x, SD2.x or SDXL: an original single file (control_model.*) or a "
+                   "diffusers folder's diffusion_pytorch_model.* (listed as folder/file).")
     cache_pool = "models"
     determinism = Determinism.VOLATILE
     inputs = (Input("control_net_name", "COMBO",

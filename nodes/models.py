@@ -190,15 +190,8 @@ def ensure_default_checkpoint(name: str = DEFAULT_CHECKPOINT) -> Path:
     """Build one of the embedded tiny checkpoints (`TINY_CHECKPOINTS`) into models/checkpoints on first use."""
     from .diffusion.fixtures import build_tiny_checkpoint
 
-    existing = paths.find_model("checkpoints", name)
-    if existing:
-        return existing
-    target = paths.model_dirs("checkpoints")[0] / name
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(f".tmp{id(target)}")
-    build_tiny_checkpoint(tmp, family=TINY_CHECKPOINTS[name], in_channels=9 if name in TINY_INPAINTING else 4)
-    tmp.replace(target)  # atomic: a concurrent reader never sees half a file
-    return target
+    return paths.build_once("checkpoints", name, lambda tmp: build_tiny_checkpoint(
+        tmp, family=TINY_CHECKPOINTS[name], in_channels=9 if name in TINY_INPAINTING else 4))
 
 
 # the embedded tiny LoRAs for the tiny SD1.x model, one per file format, built on first use
@@ -214,30 +207,66 @@ def ensure_tiny_controlnet(name: str) -> Path:
     """Build one of `TINY_CONTROLNETS` into models/controlnet on first use."""
     from .diffusion.fixtures import build_tiny_controlnet
 
-    existing = paths.find_model("controlnet", name)
+    return paths.build_once("controlnet", name, lambda tmp: build_tiny_controlnet(tmp, TINY_CONTROLNETS[name]))
+
+
+# the embedded tiny TAESDs (VAELoader pseudo-names, as ComfyUI's `taesd`) -> the ComfyUI name whose scale they use
+TINY_TAESD = {"sumi_tiny_taesd": "taesd", "sumi_tiny_taesdxl": "taesdxl"}
+
+
+def taesd_files(name: str) -> tuple[Path, Path] | None:
+    """(encoder, decoder) files of a TAESD pseudo-name in models/vae_approx (`NAME_encoder.*`, `NAME_decoder.*`,
+    as ComfyUI's VAELoader finds them), or None when a half is missing."""
+    found = {}
+    for part in ("encoder", "decoder"):
+        rel = next((n for n in paths.list_models("vae_approx") if n.startswith(f"{name}_{part}.")), None)
+        path = paths.find_model("vae_approx", rel) if rel else None
+        if path is None:
+            return None
+        found[part] = path
+    return found["encoder"], found["decoder"]
+
+
+def ensure_tiny_taesd(name: str) -> tuple[Path, Path]:
+    """Build one of `TINY_TAESD` (both halves) into models/vae_approx on first use."""
+    from .diffusion.fixtures import build_tiny_taesd, tensor_seed
+
+    existing = taesd_files(name)
     if existing:
         return existing
-    target = paths.model_dirs("controlnet")[0] / name
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(f".tmp{id(target)}")
-    build_tiny_controlnet(tmp, TINY_CONTROLNETS[name])
-    tmp.replace(target)
-    return target
+    folder = paths.model_dirs("vae_approx")[0]
+    folder.mkdir(parents=True, exist_ok=True)
+    targets = [folder / f"{name}_{part}.safetensors" for part in ("encoder", "decoder")]
+    tmps = [t.with_suffix(f".tmp{id(t)}") for t in targets]
+    build_tiny_taesd(*tmps, seed=tensor_seed(name) % 1000)
+    for tmp, target in zip(tmps, targets, strict=True):
+        tmp.replace(target)
+    return targets[0], targets[1]
+
+
+def load_taesd(name: str) -> Any:
+    """VAELoader's `taesd` / `taesdxl` (or a tiny one): TAESD as VAE, with its family's latent scale."""
+    from .diffusion.reading import CheckpointError
+    from .diffusion.taesd import RUNNABLE, TAESD_NAMES, TinyVAEModel
+    from .diffusion.taesd import load_taesd as load_module
+
+    real = TINY_TAESD.get(name, name)
+    family, scale, shift, _ = TAESD_NAMES[real]
+    if real not in RUNNABLE:
+        raise CheckpointError(f"{name} decodes {family} latents, a model family Sumi does not run")
+    files = ensure_tiny_taesd(name) if name in TINY_TAESD else taesd_files(name)
+    if files is None:
+        raise FileNotFoundError(paths.missing_model_hint("vae_approx")(f"{name}_encoder.* / {name}_decoder.*"))
+    policy = devices.POLICY
+    return TinyVAEModel(load_module(*files, device=policy.device, dtype=policy.vae_dtype()), policy.device,
+                        policy.vae_dtype(), scale, shift)
 
 
 def ensure_tiny_lora(name: str) -> Path:
     """Build one of `TINY_LORAS` into models/loras on first use (the reference rule, seeded from the names)."""
     from .diffusion.fixtures import tiny_lora_layout, write_lora_by_rule
 
-    existing = paths.find_model("loras", name)
-    if existing:
-        return existing
-    target = paths.model_dirs("loras")[0] / name
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(f".tmp{id(target)}")
-    write_lora_by_rule(tmp, tiny_lora_layout(*TINY_LORAS[name]))
-    tmp.replace(target)
-    return target
+    return paths.build_once("loras", name, lambda tmp: write_lora_by_rule(tmp, tiny_lora_layout(*TINY_LORAS[name])))
 
 
 def load(path: Path) -> tuple[DiffusionModel, TextEncoders, VAEModel]:
@@ -262,13 +291,15 @@ def load(path: Path) -> tuple[DiffusionModel, TextEncoders, VAEModel]:
     return model, clip, vae
 
 
-def load_diffusion_model(path: Path) -> DiffusionModel:
-    """UNETLoader: a diffusion-model-only file as MODEL (family from the UNet's shapes)."""
+def load_diffusion_model(path: Path, storage: torch.dtype | None = None) -> DiffusionModel:
+    """UNETLoader: a diffusion-model-only file as MODEL (family from the UNet's shapes). `storage` (fp8) rounds
+    every weight to that dtype; they are held upcast to the compute dtype, so the numbers are those of fp8 weights
+    cast per layer (ComfyUI's manual cast) while the memory is the compute dtype's."""
     from .diffusion.checkpoint import load_diffusion_model as load_unet
     from .diffusion.model_sampling import ModelSamplingDiscrete
 
     policy = devices.POLICY
-    info, unet = load_unet(path, device=policy.device, dtype=policy.unet_dtype())
+    info, unet = load_unet(path, device=policy.device, dtype=policy.unet_dtype(), storage=storage)
     sampling = ModelSamplingDiscrete.from_schedule(info.schedule).to(policy.device)
     return DiffusionModel(unet, sampling, info.latent_scale, policy.device, policy.unet_dtype(), info.family)
 

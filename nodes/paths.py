@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -201,6 +202,26 @@ def find_model(kind: str, name: str) -> Path | None:
         if path.is_file():
             return path
     return None
+
+
+def build_once(kind: str, name: str, write: Callable[[Path], object]) -> Path:
+    """The model file `name` of `kind`; when no folder of that kind has it, `write(tmp)` makes it in the first one.
+
+    The file is written under a temporary name no listing shows (its own extension, the process and thread in
+    it) and renamed into place, so a concurrent reader never sees half a file and two writers never share one.
+    """
+    existing = find_model(kind, name)
+    if existing:
+        return existing
+    target = model_dirs(kind)[0] / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f"{target.name}.tmp{os.getpid()}-{threading.get_ident()}")
+    try:
+        write(tmp)
+        tmp.replace(target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
 
 
 def missing_model_hint(kind: str):

@@ -46,7 +46,7 @@ NODE_TYPES |= {"CLIPTextEncodeSDXL", "CLIPTextEncodeSDXLRefiner", "ModelSampling
                "SDTurboScheduler", "SplitSigmas", "RandomNoise", "DisableNoise", "CFGGuider", "BasicGuider",
                "LoraLoader", "LoraLoaderModelOnly", "UNETLoader", "CLIPLoader", "DualCLIPLoader", "VAELoader",
                "ControlNetLoader", "ControlNetApplyAdvanced", "ControlNetApply", "VAEEncodeForInpaint",
-               "InpaintModelConditioning"}
+               "InpaintModelConditioning", "UpscaleModelLoader", "ImageUpscaleWithModel"}
 HEAVY = ("torch", "diffusers", "transformers", "safetensors", "numpy")
 
 

@@ -1,7 +1,8 @@
 """Every example workflow in workflows/ for the model families and samplers beyond SD1.x txt2img runs on Sumi's
 tiny models (built on first use, like the default one) and saves a real image: SD2 with forced v-prediction,
 SDXL base → refiner (CLIPTextEncodeSDXL / ...Refiner, KSamplerAdvanced hand-over), SDXL-Turbo style custom
-sampling, area composition, a kohya LoRA, a ControlNet on Canny edges, an inpainting model."""
+sampling, area composition, a kohya LoRA, a ControlNet on Canny edges, an inpainting model, an ESRGAN ×4 upscale
+and a hires fix through the upscale model."""
 from __future__ import annotations
 
 import json
@@ -68,3 +69,32 @@ def test_refiner_hand_over_is_deterministic_and_cached(ex: Executor) -> None:
     third = ex.run(prompt)
     assert "11" in third.ran and "10" in third.cached
     assert (third.values["11"][0]["samples"] == first.values["11"][0]["samples"]).all()
+
+
+@pytest.mark.parametrize(("workflow", "size"), [("upscale_esrgan", (1024, 1024)),
+                                              ("hires_fix_model_upscale", (256, 256))])
+def test_model_upscale_workflows_run_on_the_tiny_models(ex: Executor, workflow: str, size: tuple[int, int]) -> None:
+    from nodes.upscale import TINY_UPSCALE_MODELS
+
+    prompt = json.loads((REPO / "workflows" / f"{workflow}.json").read_text())
+    paths.ensure_example_inputs()
+    result = ex.run(prompt)
+    assert result.status == "success", result.error
+    (loader,) = [n for n in prompt if prompt[n]["class_type"] == "UpscaleModelLoader"]
+    (upscaled,) = [n for n in prompt if prompt[n]["class_type"] == "ImageUpscaleWithModel"]
+    model = result.values[loader][0]
+    assert (model.architecture, model.scale) == ("ESRGAN", 4)
+    source = result.values[prompt[upscaled]["inputs"]["image"][0]][0]
+    out = result.values[upscaled][0]
+    assert out.shape == (1, source.shape[1] * 4, source.shape[2] * 4, 3)
+    assert 0.0 <= float(out.min()) and float(out.max()) <= 1.0 and float(out.std()) > 0.01
+    (saved,) = result.outputs["9"]["images"]
+    image = np.asarray(Image.open(paths.FOLDERS.output / saved["subfolder"] / saved["filename"]))
+    assert image.shape == (*size, 3) and image.std() > 1.0  # a real picture, not a constant
+    if workflow == "upscale_esrgan":  # the saved PNG is the upscaled image itself
+        assert np.array_equal(image, (out[0].numpy() * 255).clip(0, 255).astype(np.uint8))
+    else:  # 128 px → ×4 → ×0.5 → encoded at 256 px for the second pass
+        assert result.values["16"][0].shape == (1, 256, 256, 3)
+        assert result.values["17"][0]["samples"].shape == (1, 4, 32, 32)
+    built = {p.name for p in (paths.FOLDERS.base / "models" / "upscale_models").iterdir()}
+    assert built == set(TINY_UPSCALE_MODELS)

@@ -7,7 +7,7 @@ in the requested dtype. Test checkpoints are written by `fixtures.py`.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,7 +17,7 @@ import torch
 from . import ldm_layout as L
 from .detect import FamilyInfo, describe, detect, detect_diffusion_model, detect_text_encoder, detect_vae
 from .prefetch import Prefetch
-from .reading import CheckpointError, Lazy, open_checkpoint
+from .reading import CheckpointError, Lazy, Source, open_checkpoint
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -130,80 +130,95 @@ def _renamed(source: Mapping[str, torch.Tensor], have: str, want: str) -> Mappin
     return Lazy({n: meta[k] for n, k in names.items()}, lambda n: source[names[n]])
 
 
-def load_diffusion_model(path: str | os.PathLike, device: str | torch.device = "cpu",
-                         dtype: torch.dtype = torch.float32) -> tuple[FamilyInfo, torch.nn.Module]:
-    """A diffusion-model-only file (UNETLoader): (family info, the UNet)."""
-    from diffusers import UNet2DConditionModel
+@dataclass(frozen=True)
+class Plan:
+    """How to load one component file, as its detector decided: what it is (for errors), how to build the module
+    (called on the meta device) and how to turn the file's tensors into that module's state dict."""
 
+    label: str
+    build: Callable[[], torch.nn.Module]
+    convert: Callable[[Mapping[str, torch.Tensor], dict[str, torch.Tensor]], dict[str, torch.Tensor]]
+    detected: str = ""
+
+
+def load_component(path: str | os.PathLike, plan: Callable[[Source], tuple[Any, Plan]],
+                   device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                   storage: torch.dtype | None = None) -> tuple[Any, torch.nn.Module]:
+    """(what `plan` detected, the eval-mode module) of a one-component file: open, detect, read every tensor on a
+    background thread while the module is built on the meta device, convert, assign. A file that is not what it
+    must be raises CheckpointError naming what it appears to be. `storage` rounds every floating-point weight to
+    that dtype on the way (fp8 weights; computed in `dtype`)."""
     path = Path(path)
     with open_checkpoint(path) as opened:
         try:
-            info, prefix = detect_diffusion_model(opened.meta, opened.read)
+            found, p = plan(opened)
         except CheckpointError as e:
             e.path = str(path)
             raise
-        prefetch = Prefetch(opened, opened.order(), device, dtype)
+        # rounded weights are read at full precision first, so each is rounded once (file dtype -> storage)
+        prefetch = Prefetch(opened, opened.order(), device, dtype if storage is None else torch.float32)
+        source: Mapping[str, torch.Tensor] = prefetch
+        if storage is not None:
+            source = Lazy(prefetch.meta, lambda n: _rounded(prefetch[n], storage, dtype))
         try:
             with torch.device("meta"):
-                unet = UNet2DConditionModel.from_config(dict(info.unet_config))
-            source = _renamed(prefetch, prefix, L.UNET_PREFIX)
-            sds = L.from_ldm(source, {"unet": unet.state_dict()}, {"unet": ("unet", info.unet_config)})
-        except (KeyError, ValueError) as e:
-            raise CheckpointError(f"layout detected as an {info.label} UNet but the tensors do not fit: {e}",
-                                  reason="mismatch", path=path, detected=describe(info.facts["unet"])) from e
+                module = p.build()
+            state = p.convert(source, module.state_dict())
+            module.load_state_dict(state, strict=True, assign=True)
+        except (KeyError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"layout detected as {p.label} but the tensors do not fit: {e}",
+                                  reason="mismatch", path=path, detected=p.detected) from e
         finally:
             prefetch.close()
-    unet.load_state_dict(sds["unet"], strict=True, assign=True)
-    return info, unet.eval().requires_grad_(False)
+    _materialize_buffers(module, device)
+    return found, module.eval().requires_grad_(False)
+
+
+def _rounded(t: torch.Tensor, storage: torch.dtype, dtype: torch.dtype) -> torch.Tensor:
+    return t.to(storage).to(dtype) if t.is_floating_point() else t
+
+
+def _unet_plan(opened: Source) -> tuple[FamilyInfo, Plan]:
+    info, prefix = detect_diffusion_model(opened.meta, opened.read)
+    from diffusers import UNet2DConditionModel
+
+    cfg = info.unet_config
+    return info, Plan(f"an {info.label} UNet", lambda: UNet2DConditionModel.from_config(dict(cfg)),
+                      lambda src, tpl: L.from_ldm(_renamed(src, prefix, L.UNET_PREFIX), {"unet": tpl},
+                                                  {"unet": ("unet", cfg)})["unet"],
+                      describe(info.facts["unet"]))
+
+
+def _text_plan(opened: Source) -> tuple[str, Plan]:
+    name, spec = detect_text_encoder(opened.meta)
+    kind = "openclip" if spec.kind == "hf" else spec.kind
+    return name, Plan(f"a {name} text encoder", lambda: build_text_encoder(kind, spec.config),
+                      lambda src, tpl: L.from_ldm(src, {name: tpl}, {name: (spec.kind, spec.prefix)})[name])
+
+
+def _vae_plan(opened: Source) -> tuple[dict[str, Any], Plan]:
+    config, prefix = detect_vae(opened.meta)
+    from diffusers import AutoencoderKL
+
+    return config, Plan("a VAE", lambda: AutoencoderKL.from_config(config),
+                        lambda src, tpl: L.from_ldm(_renamed(src, prefix, L.VAE_PREFIX), {"vae": tpl},
+                                                    {"vae": ("vae", config)})["vae"])
+
+
+def load_diffusion_model(path: str | os.PathLike, device: str | torch.device = "cpu",
+                         dtype: torch.dtype = torch.float32,
+                         storage: torch.dtype | None = None) -> tuple[FamilyInfo, torch.nn.Module]:
+    """A diffusion-model-only file (UNETLoader): (family info, the UNet); `storage` rounds the weights (fp8)."""
+    return load_component(path, _unet_plan, device, dtype, storage)
 
 
 def load_text_encoder(path: str | os.PathLike, device: str | torch.device = "cpu",
                       dtype: torch.dtype = torch.float32) -> tuple[str, torch.nn.Module]:
     """A text-encoder file (CLIPLoader, DualCLIPLoader): (clip_l / clip_h / clip_g, the module)."""
-    path = Path(path)
-    with open_checkpoint(path) as opened:
-        try:
-            name, spec = detect_text_encoder(opened.meta)
-        except CheckpointError as e:
-            e.path = str(path)
-            raise
-        prefetch = Prefetch(opened, opened.order(), device, dtype)
-        try:
-            with torch.device("meta"):
-                module = build_text_encoder("openclip" if spec.kind == "hf" else spec.kind, spec.config)
-            sds = L.from_ldm(prefetch, {name: module.state_dict()}, {name: (spec.kind, spec.prefix)})
-        except (KeyError, ValueError) as e:
-            raise CheckpointError(f"layout detected as a {name} text encoder but the tensors do not fit: {e}",
-                                  reason="mismatch", path=path) from e
-        finally:
-            prefetch.close()
-    module.load_state_dict(sds[name], strict=True, assign=True)
-    _materialize_buffers(module, device)
-    return name, module.eval().requires_grad_(False)
+    return load_component(path, _text_plan, device, dtype)
 
 
 def load_vae(path: str | os.PathLike, device: str | torch.device = "cpu",
              dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     """A VAE file (VAELoader) in the original layout, bare or under `first_stage_model.`."""
-    from diffusers import AutoencoderKL
-
-    path = Path(path)
-    with open_checkpoint(path) as opened:
-        try:
-            config, prefix = detect_vae(opened.meta)
-        except CheckpointError as e:
-            e.path = str(path)
-            raise
-        prefetch = Prefetch(opened, opened.order(), device, dtype)
-        try:
-            with torch.device("meta"):
-                vae = AutoencoderKL.from_config(config)
-            source = _renamed(prefetch, prefix, L.VAE_PREFIX)
-            sds = L.from_ldm(source, {"vae": vae.state_dict()}, {"vae": ("vae", config)})
-        except (KeyError, ValueError) as e:
-            raise CheckpointError(f"layout detected as a VAE but the tensors do not fit: {e}", reason="mismatch",
-                                  path=path) from e
-        finally:
-            prefetch.close()
-    vae.load_state_dict(sds["vae"], strict=True, assign=True)
-    return vae.eval().requires_grad_(False)
+    return load_component(path, _vae_plan, device, dtype)[1]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -49,6 +49,17 @@ _FOREIGN: tuple[tuple[str, str, str], ...] = (  # (regex on any key, what it is,
      "Sumi reads original single-file checkpoints"),
 )
 _DEPTH = re.compile(r"^(input_blocks\.\d+\.1|middle_block\.1|output_blocks\.\d+\.1)\.transformer_blocks\.(\d+)\.")
+
+
+def foreign_kind(keys: list[str]) -> tuple[str, str, str] | None:
+    """(what it is, hint, an example key) when a file's names mark it as another kind of model (LoRA, ControlNet,
+    SD3, Flux, diffusers-layout weights), else None."""
+    for pattern, what, hint in _FOREIGN:
+        rx = re.compile(pattern)
+        hit = next((k for k in keys if rx.search(k)), None)
+        if hit is not None:
+            return what, hint, hit
+    return None
 
 
 @dataclass(frozen=True)
@@ -151,6 +162,48 @@ def unet_facts(u: Mapping[str, torch.Tensor]) -> dict[str, Any]:
         "adm_in_channels": u["label_emb.0.0.weight"].shape[1] if "label_emb.0.0.weight" in u else None,
         "time_embed_dim": u["time_embed.0.weight"].shape[0] if "time_embed.0.weight" in u else None,
         "output_blocks": _count(u, r"output_blocks\.(\d+)\."),
+    }
+
+
+_D_RES = re.compile(r"^down_blocks\.(\d+)\.resnets\.(\d+)\.conv2\.weight$")
+_D_DEPTH = re.compile(r"^(down_blocks\.(\d+)|mid_block)\.attentions\.0\.transformer_blocks\.(\d+)\.")
+
+
+def diffusers_unet_facts(c: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """The facts `unet_facts` gives, from the encoder half of a diffusers-layout UNet or ControlNet
+    (`conv_in`, `down_blocks.i.resnets.j`, `….attentions.0.transformer_blocks.k`, `mid_block`, `add_embedding`)."""
+    if "conv_in.weight" not in c:
+        raise CheckpointError("no UNet input convolution (conv_in)", detected=f"keys e.g. {sorted(c)[:3]}")
+    model_channels, in_channels = c["conv_in.weight"].shape[:2]
+    widths: dict[int, dict[int, int]] = {}
+    depth: dict[str, int] = {}
+    for k, t in c.items():
+        if m := _D_RES.match(k):
+            widths.setdefault(int(m.group(1)), {})[int(m.group(2))] = t.shape[0]
+        elif m := _D_DEPTH.match(k):
+            level = m.group(2) or "mid"
+            depth[level] = max(depth.get(level, 0), int(m.group(3)) + 1)
+    if not widths or sorted(widths) != list(range(len(widths))):
+        raise CheckpointError("no down blocks of resnets numbered 0..n",
+                              detected=f"down blocks {sorted(widths)}; keys e.g. {sorted(c)[:3]}")
+    if any(len(set(w.values())) != 1 for w in widths.values()):
+        raise CheckpointError("UNet level with mixed channels", detected=str(widths))
+    attn = sorted(k for k in c if k.endswith("transformer_blocks.0.attn2.to_k.weight"))
+    proj = sorted(k for k in c if k.endswith("attentions.0.proj_in.weight"))
+    levels = range(len(widths))
+    return {
+        "in_channels": in_channels, "out_channels": None, "model_channels": model_channels,
+        "channel_mult": [widths[i][0] // model_channels for i in levels],
+        "num_res_blocks": [len(widths[i]) for i in levels],
+        "transformer_depth": [depth.get(str(i), 0) for i in levels],
+        "transformer_depth_middle": depth.get("mid", 0),
+        "context_dim": c[attn[0]].shape[1] if attn else None,
+        "use_linear_in_transformer": c[proj[0]].ndim == 2 if proj else False,
+        "adm_in_channels": c["add_embedding.linear_1.weight"].shape[1] if "add_embedding.linear_1.weight" in c
+        else None,
+        "time_embed_dim": c["time_embedding.linear_1.weight"].shape[0] if "time_embedding.linear_1.weight" in c
+        else None,
+        "output_blocks": 0,
     }
 
 
@@ -382,6 +435,39 @@ def detect_diffusion_model(state_dict: Mapping[str, torch.Tensor],
     return FamilyInfo(family, unet, {}, {}, LATENT_SCALE[family], schedule, {"unet": uf}), prefix
 
 
+# text encoders of other model families, by one key each (regex, what the file is)
+_FOREIGN_TEXT: tuple[tuple[str, str], ...] = (
+    (r"^(encoder\.)?block\.1\.layer\.0\.SelfAttention\.relative_attention_bias\.",
+     "a UMT5 text encoder (Wan's)"),
+    (r"^(encoder\.)?block\.\d+\.layer\.0\.SelfAttention\.q\.weight$",
+     "a T5 text encoder (T5-XXL of SD3/Flux, or another T5)"),
+    (r"^(model\.)?(language_model\.)?layers\.\d+\.self_attn\.q_proj\.weight$",
+     "a decoder-only language model (Llama / Qwen / Gemma family: HiDream, Qwen-Image, Lumina 2, …)"),
+    (r"^(vision_model\.|visual\.)", "a CLIP vision (image) encoder"),
+    (r"^model\.diffusion_model\.", "a full checkpoint or diffusion model"),
+)
+TEXT_ENCODERS = {"clip_l": "CLIP-L", "clip_h": "OpenCLIP-H", "clip_g": "OpenCLIP-bigG", "openclip": "OpenCLIP"}
+
+
+def foreign_text_encoder(keys: Iterable[str]) -> str | None:
+    """What a text-encoder file that is no CLIP is, from its names (`_FOREIGN_TEXT`), or None."""
+    keys = list(keys)
+    for pattern, what in _FOREIGN_TEXT:
+        rx = re.compile(pattern)
+        if any(rx.search(k) for k in keys):
+            return what
+    return None
+
+
+def describe_text_encoder(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """One phrase for what a text-encoder file appears to be (a CLIP by name and width, or what else it is)."""
+    try:
+        name, spec = detect_text_encoder(state_dict)
+    except CheckpointError as e:
+        return foreign_text_encoder(state_dict) or e.message
+    return f"a {TEXT_ENCODERS[name]} text encoder ({spec.config['hidden_size']} wide)"
+
+
 def detect_text_encoder(state_dict: Mapping[str, torch.Tensor]) -> tuple[str, TextSpec]:
     """(which encoder: clip_l / clip_h / clip_g, its spec) of a text-encoder file (CLIPLoader, DualCLIPLoader):
     transformers layout (`text_model.…`, with `text_projection.weight` for OpenCLIP towers converted to it) or the
@@ -394,8 +480,11 @@ def detect_text_encoder(state_dict: Mapping[str, torch.Tensor]) -> tuple[str, Te
     else:
         prefix = "text_model." if "text_model.embeddings.token_embedding.weight" in keys else ""
         if prefix + "embeddings.token_embedding.weight" not in keys:
-            raise CheckpointError("not a CLIP text encoder (no token embedding)",
-                                  detected=f"{len(keys)} tensors, e.g. {sorted(keys)[:3]}")
+            detected = f"{len(keys)} tensors, e.g. {sorted(keys)[:3]}"
+            if (what := foreign_text_encoder(keys)) is not None:
+                raise CheckpointError(f"this is {what}, not a CLIP text encoder", detected=detected,
+                                      hint="Sumi runs the CLIP text encoders of SD1.x, SD2.x and SDXL")
+            raise CheckpointError("not a CLIP text encoder (no token embedding)", detected=detected)
         facts = clip_facts(_strip(state_dict, prefix))
         if "text_projection.weight" in keys:
             facts["projection_dim"] = state_dict["text_projection.weight"].shape[0]

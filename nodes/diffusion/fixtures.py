@@ -350,3 +350,22 @@ def build_tiny_controlnet(path: str | os.PathLike, family: str = "sd15", seed: i
     """A tiny ControlNet for a family's tiny model, in the original single-file layout, by the reference rule."""
     write_by_rule(path, controlnet_layout(tiny_info(family)), seed, buffers=False)
     return Path(path)
+
+
+def taesd_layout(part: str) -> dict[str, tuple[list[int], torch.dtype]]:
+    """{name: (shape, float16)} of one half of TAESD in madebyollin's original layout (diffusers' AutoencoderTiny
+    at its default, released sizes, renamed by `taesd.to_original`)."""
+    from diffusers import AutoencoderTiny
+
+    from .taesd import to_original
+
+    with torch.device("meta"):
+        sd = AutoencoderTiny().state_dict()
+    return {n: (list(t.shape), torch.float16) for n, t in to_original(sd, part).items()}
+
+
+def build_tiny_taesd(encoder: str | os.PathLike, decoder: str | os.PathLike, seed: int = 0) -> None:
+    """Seeded TAESD halves (real sizes: 1.2 M parameters each) by the reference rule; the halves get different
+    seeds, since their tensor names coincide."""
+    write_by_rule(encoder, taesd_layout("encoder"), seed, buffers=False)
+    write_by_rule(decoder, taesd_layout("decoder"), seed + 1, buffers=False)

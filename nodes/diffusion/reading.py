@@ -33,10 +33,10 @@ class CheckpointError(Exception):
     REASONS = ("not_found", "unreadable", "unsafe_pickle", "unsupported", "mismatch")
 
     def __init__(self, message: str, *, reason: str = "unsupported", path: str | os.PathLike | None = None,
-                 detected: str = "", hint: str = "") -> None:
+                 detected: str = "", hint: str = "", supported_text: str = SUPPORTED_TEXT) -> None:
         self.message, self.reason, self.detected, self.hint = message, reason, detected, hint
         self.path = str(path) if path else None
-        self.supported = SUPPORTED
+        self.supported, self.supported_text = SUPPORTED, supported_text  # other kinds of files say their own
         super().__init__(str(self))
 
     def __str__(self) -> str:
@@ -44,7 +44,7 @@ class CheckpointError(Exception):
         if self.detected:
             parts.append(f"detected: {self.detected}")
         if self.reason in ("unsupported", "mismatch"):
-            parts.append(f"supported: {SUPPORTED_TEXT}")
+            parts.append(f"supported: {self.supported_text}")
         if self.hint:
             parts.append(f"hint: {self.hint}")
         return "; ".join(parts)
@@ -111,6 +111,9 @@ class _SafetensorsReader:
         for name, e in header.items():
             if name == "__metadata__":
                 continue
+            if isinstance(e, dict) and isinstance(e.get("dtype"), str) and e["dtype"] not in ST_DTYPES:
+                raise ValueError(f"tensor {name!r} is stored as {e['dtype']}, a dtype Sumi does not read "
+                                 f"(it reads {', '.join(ST_DTYPES)})")
             try:
                 dtype, shape, (begin, end) = ST_DTYPES[e["dtype"]], [int(s) for s in e["shape"]], e["data_offsets"]
             except (KeyError, TypeError, ValueError) as exc:
@@ -191,7 +194,9 @@ def open_checkpoint(path: Path) -> Iterator[Source]:
                               hint="use .safetensors (or .ckpt/.pt/.pth/.bin)")
 
 
-def _torch_load(path: Path) -> dict[str, torch.Tensor]:
+def load_pickle(path: Path) -> object:
+    """What a .ckpt/.pt/.pth/.bin file holds, through `torch.load(weights_only=True)` only: tensors and plain
+    containers. A pickle holding code is a CheckpointError (reason `unsafe_pickle`), a damaged one `unreadable`."""
     try:
         # mmap keeps a zip-format file on disk until each tensor is used; the legacy format cannot be mapped
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
@@ -206,6 +211,11 @@ def _torch_load(path: Path) -> dict[str, torch.Tensor]:
     except Exception as e:  # torch raises many types for a damaged file
         raise CheckpointError(f"not a readable PyTorch file ({type(e).__name__}: {e})", reason="unreadable",
                               path=path) from e
+    return obj
+
+
+def _torch_load(path: Path) -> dict[str, torch.Tensor]:
+    obj = load_pickle(path)
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict):

@@ -10,39 +10,8 @@ import pytest
 from executor.components import ComponentError, ComponentSpec, register
 from executor.errors import ValidationFailed
 from executor.runner import Executor
-from executor.schema import Input, Node, Output, Registry, Result
-
-CALLS: list[str] = []
-
-
-class Num(Node):
-    type = "Num"
-    inputs = (Input("value", "FLOAT", default=1.0, min=-100, max=100),)
-    outputs = (Output("FLOAT"),)
-
-    def run(self, ctx: Any, value: float) -> tuple[Any, ...]:
-        CALLS.append(ctx.node_id)
-        return (value,)
-
-
-class Scale(Node):
-    type = "Scale"
-    inputs = (Input("x", "FLOAT"), Input("factor", "FLOAT", default=2.0, min=0, max=10))
-    outputs = (Output("FLOAT"),)
-
-    def run(self, ctx: Any, x: float, factor: float) -> tuple[Any, ...]:
-        CALLS.append(ctx.node_id)
-        return (x * factor,)
-
-
-class Show(Node):
-    type = "Show"
-    output_node = True
-    inputs = (Input("x", "FLOAT"),)
-
-    def run(self, ctx: Any, x: float) -> Result:
-        CALLS.append(ctx.node_id)
-        return Result((), {"text": [str(x)]})
+from executor.schema import Registry
+from tests.executor.toy_nodes import CALLS, toy_registry
 
 
 def scaler(version: int = 1, offset: float = 0.0) -> dict[str, Any]:
@@ -59,8 +28,7 @@ def scaler(version: int = 1, offset: float = 0.0) -> dict[str, Any]:
 @pytest.fixture
 def reg() -> Registry:
     CALLS.clear()
-    registry = Registry()
-    registry.register(Num, Scale, Show)
+    registry = toy_registry()
     assert register(registry, [ComponentSpec.from_document(scaler(1)),
                                ComponentSpec.from_document(scaler(2, offset=1.0))]) == []
     return registry

@@ -17,10 +17,11 @@ import pytest
 
 from executor.errors import NodeError, ValidationFailed
 from executor.runner import Executor
-from executor.schema import Input, Node, Output, Registry, Result
+from executor.schema import Registry
 from executor.ui_format import ui_to_api
 from executor.validate import id_order
 from executor.workflow import Link, parse_api
+from tests.executor.toy_nodes import CALLS, toy_registry
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "subgraphs"
 
@@ -91,42 +92,7 @@ def test_a_muted_instance_nested_in_a_subgraph_keeps_its_nodes_out(real_registry
 
 # -- toy nodes ------------------------------------------------------------------------------------------------
 
-CALLS: list[str] = []
-
-
-class Num(Node):
-    type = "Num"
-    inputs = (Input("value", "FLOAT", default=1.0, min=-100, max=100),)
-    outputs = (Output("FLOAT"),)
-
-    def run(self, ctx: Any, value: float) -> tuple[Any, ...]:
-        CALLS.append(ctx.node_id)
-        return (value,)
-
-
-class Scale(Node):
-    type = "Scale"
-    inputs = (Input("x", "FLOAT"), Input("factor", "FLOAT", default=2.0, min=0, max=10))
-    outputs = (Output("FLOAT"),)
-
-    def run(self, ctx: Any, x: float, factor: float) -> tuple[Any, ...]:
-        CALLS.append(ctx.node_id)
-        ctx.progress(1, 1)
-        return (x * factor,)
-
-
-class Show(Node):
-    type = "Show"
-    output_node = True
-    inputs = (Input("x", "FLOAT"), Input("y", "FLOAT", optional=True))
-
-    def run(self, ctx: Any, x: float, y: float | None = None) -> Result:
-        CALLS.append(ctx.node_id)
-        return Result((), {"text": [str(x if y is None else (x, y))]})
-
-
-REG = Registry()
-REG.register(Num, Scale, Show)
+REG = toy_registry()
 SG = "5ca1e000-0000-4000-8000-000000000001"
 SG2 = "5ca1e000-0000-4000-8000-000000000002"
 

@@ -2,12 +2,13 @@
 
 Proves: detection of every family from names and shapes, table-driven, on Sumi's tiny files and on the full-size
 layouts derived from diffusers' own conversion scripts (shared/reference/parity-next, meta tensors only), with
-the refusals naming what a file is; the tiny SDXL UNet agrees with diffusers' converter; SD2's v-prediction
-guess; prediction types, zsnr and LCM against their formulas and diffusers; the SDXL size conditioning reaching
-the UNet; area / mask / timestep-range conditioning (weights, feather, uncond copies, the sigma window); weight
-patches applied only inside `patched()` and restored bit-exactly; the loader's cache fingerprint following the
-file and the device policy, and its validation error for a file Sumi cannot use; the SDXL text encoders'
-layers, padding and pooled output.
+the refusals naming what a file is; the same for component files (diffusers-layout and original ControlNets,
+TAESD halves, fp8 UNets, and the text encoders of other families made by transformers); the tiny SDXL UNet
+agrees with diffusers' converter; SD2's v-prediction guess; prediction types, zsnr and LCM against their formulas
+and diffusers; the SDXL size conditioning reaching the UNet; area / mask / timestep-range conditioning (weights,
+feather, uncond copies, the sigma window); weight patches applied only inside `patched()` and restored
+bit-exactly; the loader's cache fingerprint following the file and the device policy, and its validation error
+for a file Sumi cannot use; the SDXL text encoders' layers, padding and pooled output.
 """
 from __future__ import annotations
 
@@ -121,6 +122,94 @@ def test_unusable_files_are_refused_naming_what_they_are(tiny_files: dict[str, P
     with pytest.raises(CheckpointError) as info:
         D.detect(meta)
     assert said in str(info.value) and "supported:" in str(info.value)
+
+
+# ---------------------------------------------------------------- component files, table-driven
+
+
+def _meta_of(sd: dict[str, torch.Tensor], dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    return {k: torch.empty(v.shape, dtype=dtype or v.dtype, device="meta") for k, v in sd.items()}
+
+
+def _diffusers_controlnet(family: str) -> dict[str, torch.Tensor]:
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    with torch.device("meta"):  # diffusers' own ControlNet layout, as save_pretrained writes it
+        return dict(ControlNetModel.from_unet(UNet2DConditionModel.from_config(F.tiny_info(family).unet_config))
+                    .state_dict())
+
+
+def _tiny_unet(dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    info = F.tiny_info("sd15")
+    unet = {k[len(L.UNET_PREFIX):]: torch.empty(s, dtype=dtype, device="meta")
+            for k, (s, _) in F.family_layout(info).items() if k.startswith(L.UNET_PREFIX)}
+    return unet
+
+
+def _controlnet(sd: dict[str, torch.Tensor]) -> dict[str, Any]:
+    from nodes.diffusion.controlnet import detect_controlnet
+
+    found = detect_controlnet(sd)
+    return {"family": found.family, "layout": found.layout, "hint": found.config["conditioning_embedding_out_channels"],
+            "adm": found.config.get("addition_embed_type")}
+
+
+def _taesd(part: str) -> Any:
+    from nodes.diffusion.taesd import detect_taesd
+
+    return lambda sd: (lambda h: {"blocks": list(h.blocks), "widths": list(h.widths), "latent": h.latent_channels})(
+        detect_taesd(sd, part))
+
+
+def _text(sd: dict[str, torch.Tensor]) -> dict[str, Any]:
+    name, spec = D.detect_text_encoder(sd)
+    return {"name": name, "kind": spec.kind}
+
+
+def _foreign(kind: str) -> Any:
+    from tests.nodes import foreign_files
+
+    return lambda: _meta_of(foreign_files.BUILDERS[kind]())
+
+
+COMPONENTS = [  # (id, file's tensors, detector, the facts it must find, or the phrase its refusal must hold)
+    ("controlnet-diffusers-sd15", lambda: _diffusers_controlnet("sd15"), _controlnet,
+     {"family": "sd15", "layout": "diffusers", "hint": [16, 32, 96, 256], "adm": None}),
+    ("controlnet-diffusers-sdxl", lambda: _diffusers_controlnet("sdxl"), _controlnet,
+     {"family": "sdxl", "layout": "diffusers", "adm": "text_time"}),
+    ("controlnet-original-sdxl", lambda: {n: torch.empty(s, device="meta") for n, (s, _) in
+                                          F.controlnet_layout(F.tiny_info("sdxl")).items()}, _controlnet,
+     {"family": "sdxl", "layout": "ldm", "adm": "text_time"}),
+    ("taesd-encoder", lambda: _meta_of({n: torch.empty(s) for n, (s, _) in F.taesd_layout("encoder").items()}),
+     _taesd("encoder"), {"blocks": [1, 3, 3, 3], "widths": [64] * 4, "latent": 4}),
+    ("taesd-decoder", lambda: _meta_of({n: torch.empty(s) for n, (s, _) in F.taesd_layout("decoder").items()}),
+     _taesd("decoder"), {"blocks": [3, 3, 3, 1], "widths": [64] * 4, "latent": 4}),
+    ("taesd-decoder-as-encoder", lambda: _meta_of({n: torch.empty(s) for n, (s, _) in
+                                                   F.taesd_layout("decoder").items()}),
+     _taesd("encoder"), "not a TAESD encoder"),
+    ("taesd-half-is-a-kl-vae", lambda: {"encoder.conv_in.weight": torch.empty(8, 3, 3, 3, device="meta")},
+     _taesd("decoder"), "not a TAESD half"),
+    ("unet-fp8-e4m3", lambda: _tiny_unet(torch.float8_e4m3fn), lambda sd: {"family": D.detect_diffusion_model(sd)[
+        0].family}, {"family": "sd15"}),
+    ("unet-fp8-e5m2-sgm-prefix", lambda: {L.UNET_PREFIX + k: v for k, v in _tiny_unet(torch.float8_e5m2).items()},
+     lambda sd: {"prefix": D.detect_diffusion_model(sd)[1]}, {"prefix": L.UNET_PREFIX}),
+    ("text-t5", _foreign("t5"), _text, "this is a T5 text encoder"),
+    ("text-umt5", _foreign("umt5"), _text, "this is a UMT5 text encoder"),
+    ("text-qwen2", _foreign("qwen"), _text, "this is a decoder-only language model"),
+    ("text-clip-vision", _foreign("clip_vision"), _text, "this is a CLIP vision (image) encoder"),
+]
+
+
+@pytest.mark.parametrize(("files", "detector", "want"), [c[1:] for c in COMPONENTS], ids=[c[0] for c in COMPONENTS])
+def test_component_files_detect_from_names_and_shapes(files: Any, detector: Any, want: dict | str) -> None:
+    sd = files()
+    if isinstance(want, str):
+        with pytest.raises(CheckpointError) as info:
+            detector(sd)
+        assert want in str(info.value)
+    else:
+        found = detector(sd)
+        assert {k: found[k] for k in want} == want
 
 
 def test_unclip_and_mixed_families_are_refused(tiny_files: dict[str, Path]) -> None:

@@ -1,5 +1,6 @@
 """Parity with ComfyUI beyond SD1.5 txt2img (shared/reference/parity-next): SD2 (eps and forced v-prediction),
-SDXL base, custom sampling, split sigmas, SD-Turbo timesteps, area / mask / concat / zero-out conditioning.
+SDXL base, custom sampling, split sigmas, SD-Turbo timesteps, area / mask / concat / zero-out conditioning, the
+ESRGAN upscaler (an image-only case: no latent or conditioning; its input image is checked too).
 
 Every case whose nodes Sumi has runs through the executor on the reference checkpoint its recipe names, rebuilt
 by Sumi's own generator into the cache dir (content hash checked first), and must match ComfyUI's latents,
@@ -55,6 +56,7 @@ def _layout(name: str) -> Path:
 def reference_checkpoint(name: str) -> Path:
     """The cached reference file, built by Sumi's generator on first use; its content hash is the recipe's."""
     from nodes.diffusion.fixtures import write_lora_by_rule, write_reference_checkpoint, write_reference_embedding
+    from nodes.upscaler_fixtures import write_reference_esrgan
 
     path = cache_dir() / name
     if not path.exists():
@@ -63,6 +65,9 @@ def reference_checkpoint(name: str) -> Path:
         if name.startswith("reference_embedding"):
             tmp = path.with_name(path.stem + ".partial" + path.suffix)
             digest = write_reference_embedding(tmp, classic=name.endswith(".pt"))
+        elif name.startswith("reference_esrgan"):
+            tmp = path.with_name(path.stem + ".partial" + path.suffix)
+            digest = write_reference_esrgan(tmp)
         elif name.startswith("reference_lora"):
             layout = json.loads(_layout(name).read_text())["tensors"]
             digest = write_lora_by_rule(tmp, {n: shape for n, shape, _ in layout})
@@ -83,6 +88,7 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Any:
     (root / "models" / "loras").mkdir(parents=True)
     (root / "models" / "embeddings").mkdir(parents=True)
     (root / "models" / "controlnet").mkdir(parents=True)
+    (root / "models" / "upscale_models").mkdir(parents=True)
     (root / "input").mkdir()
     for f in [*(NEXT / "inputs").iterdir(), SD15_LAYOUT.parent / "input_gradient.png"]:  # the second: SD1.5 set's
         shutil.copy(f, root / "input" / f.name)
@@ -124,7 +130,7 @@ def test_case_matches_comfyui(base: Path, name: str) -> None:
         link = base / "models" / "checkpoints" / ckpt
         if not link.exists():
             link.symlink_to(reference_checkpoint(ckpt))
-    for key, folder in (("lora_name", "loras"), ("control_net_name", "controlnet")):
+    for key, folder in (("lora_name", "loras"), ("control_net_name", "controlnet"), ("model_name", "upscale_models")):
         for file in {n["inputs"][key] for n in prompt.values() if key in n["inputs"]}:
             link = base / "models" / folder / file
             if not link.exists():
@@ -138,20 +144,27 @@ def test_case_matches_comfyui(base: Path, name: str) -> None:
     result = Executor(registry).run(prompt)
     assert result.status == "success", (result.error or {}).get("traceback")
 
-    ref_latents = load_file(str(NEXT / f"{name}.latent.safetensors"))
-    node, slot = case["latent_from"]
-    latent = result.values[node][slot]["samples"].cpu()
-    ref = ref_latents["samples"]
-    assert latent.shape == ref.shape
-    bound = (1e-4 if name in LOOSE else 2e-5) * float(ref.abs().max())
-    assert float((latent - ref).abs().max()) <= bound, f"latent differs by {(latent - ref).abs().max():.3g}"
+    ref_image = load_file(str(NEXT / f"{name}.image.safetensors"))
+    if case["latent_from"] is None:  # an image-only case (the upscaler): its extras are in the image file
+        latent, ref_extras, bound = None, ref_image, 1e-4
+    else:
+        ref_extras = load_file(str(NEXT / f"{name}.latent.safetensors"))
+        node, slot = case["latent_from"]
+        latent = result.values[node][slot]["samples"].cpu()
+        ref = ref_extras["samples"]
+        assert latent.shape == ref.shape
+        bound = (1e-4 if name in LOOSE else 2e-5) * float(ref.abs().max())
+        assert float((latent - ref).abs().max()) <= bound, f"latent differs by {(latent - ref).abs().max():.3g}"
+        assert math.isfinite(float(latent.abs().max()))
     for key, (n, s, *field) in case.get("extra_from", {}).items():
         value = result.values[n][s]
         mine = value[field[0]] if field else value
-        assert float((mine.cpu() - ref_latents[key]).abs().max()) <= bound, key
+        assert mine.shape == ref_extras[key].shape, key
+        assert float((mine.cpu() - ref_extras[key]).abs().max()) <= bound, key
 
-    conds = load_file(str(NEXT / f"{name}.cond.safetensors"))
-    family = getattr(result.values[case["model_from"][0]][case["model_from"][1]], "family", "sd15")
+    conds = load_file(str(NEXT / f"{name}.cond.safetensors")) if case["cond_from"] else {}
+    model_from = case["model_from"]
+    family = getattr(result.values[model_from[0]][model_from[1]], "family", "sd15") if model_from else None
     for role, (n, s) in case["cond_from"].items():
         entries = result.values[n][s]
         for i, entry in enumerate(entries):
@@ -172,12 +185,10 @@ def test_case_matches_comfyui(base: Path, name: str) -> None:
 
     node, slot = case["image_from"]
     image = result.values[node][slot].cpu()
-    ref_image = load_file(str(NEXT / f"{name}.image.safetensors"))["images"]
-    assert image.shape == ref_image.shape
-    assert float((image - ref_image).abs().max()) <= 1e-4
+    assert image.shape == ref_image["images"].shape
+    assert float((image - ref_image["images"]).abs().max()) <= 1e-4
     saved = result.outputs["7"]["images"]
     mine = np.asarray(Image.open(paths.FOLDERS.output / saved[0]["subfolder"] / saved[0]["filename"]))
     theirs = np.asarray(Image.open(NEXT / f"{name}.png"))
     diff = np.abs(mine.astype(int) - theirs.astype(int))
     assert diff.max() <= 1 and (diff > 0).mean() <= 0.001
-    assert math.isfinite(float(latent.abs().max()))
