@@ -135,7 +135,7 @@ def controlnet(path: str | Path, dtype: torch.dtype = torch.float32) -> Any:
     from nodes.diffusion.controlnet import detect_controlnet
 
     checkpoint = load_file(str(path))
-    config, _, _ = detect_controlnet(checkpoint)
+    config = detect_controlnet(checkpoint).config
     sd = convert_controlnet_checkpoint(checkpoint, config)
     for linear, ldm in ((1, 0), (2, 2)):
         for p in ("weight", "bias"):
