@@ -58,10 +58,11 @@ def default_checkpoint() -> Path:
     return Path(cache) / CKPT_NAME
 
 
-def workflow(size: int, seed: int, text: str, prefix: str, steps: int = STEPS) -> dict[str, Any]:
+def workflow(size: int, seed: int, text: str, prefix: str, steps: int = STEPS,
+             ckpt_name: str = CKPT_NAME) -> dict[str, Any]:
     """The API-format txt2img graph (node ids as in the parity cases)."""
     return {
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CKPT_NAME}},
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt_name}},
         "2": {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": ["1", 1]}},
         "3": {"class_type": "CLIPTextEncode", "inputs": {"text": NEGATIVE, "clip": ["1", 1]}},
         "4": {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}},
@@ -185,13 +186,15 @@ def _serve(setup: Callable[[], Callable[[int, str], dict[str, Any]]]) -> None:
         _reply({"s": m.wall, "foreign_cpu_s": m.foreign, "seed": cmd["seed"], "text": cmd["text"], **m.own, **info})
 
 
-def child_diffusers_warm(args: argparse.Namespace) -> None:
+def child_diffusers_warm(args: argparse.Namespace, load: Callable[[Path, int], Any] | None = None) -> None:
+    """`load(checkpoint, threads)` makes the pipeline (default: SD1.5's, `_diffusers_pipeline`)."""
+    load = load or _diffusers_pipeline
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     count = [0]
 
     def setup() -> Callable[[int, str], dict[str, Any]]:
-        pipe = _diffusers_pipeline(Path(args.checkpoint), args.threads)
+        pipe = load(Path(args.checkpoint), args.threads)
 
         def run(seed: int, text: str) -> dict[str, Any]:
             marks: list[float] = []
@@ -208,7 +211,7 @@ def child_diffusers_warm(args: argparse.Namespace) -> None:
     _serve(setup)
 
 
-def child_sumi_warm(args: argparse.Namespace) -> None:
+def child_sumi_warm(args: argparse.Namespace, ckpt_name: str = CKPT_NAME) -> None:
     def setup() -> Callable[[int, str], dict[str, Any]]:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from executor.runner import Executor
@@ -219,7 +222,8 @@ def child_sumi_warm(args: argparse.Namespace) -> None:
         executor = Executor(build_registry())
 
         def run(seed: int, text: str) -> dict[str, Any]:
-            prompt = workflow(args.size, seed, text, "sumi_warm", args.steps)  # one prefix: identical is identical
+            # one prefix: identical is identical
+            prompt = workflow(args.size, seed, text, "sumi_warm", args.steps, ckpt_name)
             nodes: dict[str, float] = {}
             reasons: dict[str, str] = {}
             current: list[Any] = [None, 0.0]
