@@ -205,15 +205,33 @@ def _check_file(field: str, kind: str, name: str, detect_name: str) -> dict[str,
     return {}
 
 
+def _split_names(kind: str) -> list[str]:
+    """A split loader's options: the files of its folder, and the embedded tiny ones (built on first use)."""
+    return sorted({*paths.list_models(kind), *models.tiny_split_names(kind)})
+
+
+def _is_tiny(kind: str, name: str) -> bool:
+    return models.TINY_SPLIT.get(name, ("",))[0] == kind
+
+
 def _found(kind: str, name: str) -> Path:
     path = paths.find_model(kind, name)
+    if path is None and _is_tiny(kind, name):
+        path = models.ensure_tiny_split(name)
     if path is None:
         raise FileNotFoundError(paths.missing_model_hint(kind)(name))
     return path
 
 
+def _identity(kind: str, name: str) -> str:
+    path = paths.find_model(kind, name)
+    if path is None and _is_tiny(kind, name):
+        return f"tiny:{name}"  # built from code on first use
+    return model_file_identity(_found(kind, name))
+
+
 def _fingerprint(kind: str, *names: str) -> str:
-    return "|".join([*(model_file_identity(_found(kind, n)) for n in names), devices.POLICY.describe()])
+    return "|".join([*(_identity(kind, n) for n in names), devices.POLICY.describe()])
 
 
 # UNETLoader's weight_dtype -> the dtype weights are rounded to (computed in the policy's dtype; `_fast` is
@@ -270,7 +288,7 @@ class UNETLoader(Node):
                    "fp8 weight dtypes round the weights to fp8 (files stored in fp8 load too).")
     cache_pool = "models"
     determinism = Determinism.VOLATILE
-    inputs = (Input("unet_name", "COMBO", options=lambda: paths.list_models("diffusion_models"),
+    inputs = (Input("unet_name", "COMBO", options=lambda: _split_names("diffusion_models"),
                     missing_hint=paths.missing_model_hint("diffusion_models")),
               Input("weight_dtype", "COMBO", options=list(WEIGHT_DTYPES),
                     tooltip="fp8 types keep the weights at fp8 precision; Sumi computes in the device policy's "
@@ -302,7 +320,7 @@ class CLIPLoader(Node):
                    "ComfyUI's other types are listed and refused with what the file appears to be.")
     cache_pool = "models"
     determinism = Determinism.VOLATILE
-    inputs = (Input("clip_name", "COMBO", options=lambda: paths.list_models("text_encoders"),
+    inputs = (Input("clip_name", "COMBO", options=lambda: _split_names("text_encoders"),
                     missing_hint=paths.missing_model_hint("text_encoders")),
               Input("type", "COMBO", options=CLIP_LOADER_TYPES),
               Input("device", "COMBO", options=CLIP_DEVICES, optional=True))
@@ -329,9 +347,9 @@ class DualCLIPLoader(Node):
     description = "Loads two text encoder files: type sdxl takes CLIP-L and OpenCLIP-bigG."
     cache_pool = "models"
     determinism = Determinism.VOLATILE
-    inputs = (Input("clip_name1", "COMBO", options=lambda: paths.list_models("text_encoders"),
+    inputs = (Input("clip_name1", "COMBO", options=lambda: _split_names("text_encoders"),
                     missing_hint=paths.missing_model_hint("text_encoders")),
-              Input("clip_name2", "COMBO", options=lambda: paths.list_models("text_encoders"),
+              Input("clip_name2", "COMBO", options=lambda: _split_names("text_encoders"),
                     missing_hint=paths.missing_model_hint("text_encoders")),
               Input("type", "COMBO", options=DUAL_CLIP_TYPES),
               Input("device", "COMBO", options=CLIP_DEVICES, optional=True))
@@ -361,7 +379,7 @@ def vae_names() -> list[str]:
     from .diffusion.taesd import TAESD_NAMES
 
     taesd = [n for n in TAESD_NAMES if models.taesd_files(n) is not None]
-    return [*paths.list_models("vae"), *taesd, *models.TINY_TAESD]
+    return [*_split_names("vae"), *taesd, *models.TINY_TAESD]
 
 
 def _is_taesd(vae_name: str) -> bool:

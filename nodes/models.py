@@ -262,6 +262,49 @@ def load_taesd(name: str) -> Any:
                         policy.vae_dtype(), scale, shift)
 
 
+# the embedded tiny split files (UNETLoader, CLIPLoader / DualCLIPLoader, VAELoader): each one component of a tiny
+# checkpoint, laid out as the model repositories ship them (fixtures.write_split_files) -> (folder, checkpoint, part)
+SPLIT_FOLDERS = {"unet": "diffusion_models", "vae": "vae", "clip_l": "text_encoders", "clip_g": "text_encoders"}
+TINY_SPLIT = {f"{stem}_{part}.safetensors": (SPLIT_FOLDERS[part], f"{stem}.safetensors", part)
+              for stem, parts in (("sumi_tiny_sd15", ("unet", "clip_l", "vae")),
+                                  ("sumi_tiny_sdxl", ("unet", "clip_l", "clip_g", "vae")))
+              for part in parts}
+
+
+def tiny_split_names(kind: str) -> list[str]:
+    return [name for name, (folder, _, _) in TINY_SPLIT.items() if folder == kind]
+
+
+def ensure_tiny_split(name: str) -> Path:
+    """Build one of `TINY_SPLIT` into its model folder on first use (from its tiny checkpoint, built if need be)."""
+    import os
+    import tempfile
+
+    from .diffusion.fixtures import write_split_files
+
+    folder, checkpoint, part = TINY_SPLIT[name]
+
+    def write(tmp: Path) -> None:
+        # a hidden scratch folder: model listings skip dot-folders, so no half-split file is ever offered
+        with tempfile.TemporaryDirectory(prefix=".sumi-split-", dir=tmp.parent) as scratch:
+            os.replace(write_split_files(ensure_default_checkpoint(checkpoint), scratch)[part], tmp)
+
+    return paths.build_once(folder, name, write)
+
+
+# the embedded tiny textual-inversion embeddings (`embedding:NAME`): NAME -> the tiny family whose encoders they fit
+TINY_EMBEDDINGS = {"sumi_tiny_sd15_embedding": "sd15", "sumi_tiny_sdxl_embedding": "sdxl"}
+
+
+def ensure_tiny_embedding(name: str) -> Path:
+    """Build one of `TINY_EMBEDDINGS` into models/embeddings on first use: A1111's `emb_params` file for SD1.x,
+    an SDXL file with `clip_l` and `clip_g` vectors, each 2 vectors wide, seeded from the name."""
+    from .diffusion.fixtures import write_tiny_embedding
+
+    return paths.build_once("embeddings", f"{name}.safetensors",
+                            lambda tmp: write_tiny_embedding(tmp, TINY_EMBEDDINGS[name], name))
+
+
 def ensure_tiny_lora(name: str) -> Path:
     """Build one of `TINY_LORAS` into models/loras on first use (the reference rule, seeded from the names)."""
     from .diffusion.fixtures import tiny_lora_layout, write_lora_by_rule
@@ -351,7 +394,7 @@ def find_embedding(name: str) -> Path | None:
         path = paths.find_model("embeddings", candidate)
         if path is not None:
             return path
-    return None
+    return ensure_tiny_embedding(name) if name in TINY_EMBEDDINGS else None
 
 
 def embedding_lookup(encoder: str, width: int) -> Callable[[str], torch.Tensor | None]:

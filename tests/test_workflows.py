@@ -2,7 +2,7 @@
 tiny models (built on first use, like the default one) and saves a real image: SD2 with forced v-prediction,
 SDXL base → refiner (CLIPTextEncodeSDXL / ...Refiner, KSamplerAdvanced hand-over), SDXL-Turbo style custom
 sampling, area composition, a kohya LoRA, a ControlNet on Canny edges, an inpainting model, an ESRGAN ×4 upscale
-and a hires fix through the upscale model."""
+a hires fix through the upscale model, and split files (UNETLoader, DualCLIPLoader, VAELoader) with an embedding."""
 from __future__ import annotations
 
 import json
@@ -98,3 +98,36 @@ def test_model_upscale_workflows_run_on_the_tiny_models(ex: Executor, workflow: 
         assert result.values["17"][0]["samples"].shape == (1, 4, 32, 32)
     built = {p.name for p in (paths.FOLDERS.base / "models" / "upscale_models").iterdir()}
     assert built == set(TINY_UPSCALE_MODELS)
+
+
+def test_split_files_workflow_equals_the_single_file_and_uses_the_tiny_embedding(
+        ex: Executor, caplog: pytest.LogCaptureFixture) -> None:
+    """UNETLoader + DualCLIPLoader + VAELoader on the embedded tiny split files (built on first use into their
+    folders) give exactly the image of the tiny SDXL single file; the tiny embedding in the prompt is used."""
+    prompt = json.loads((REPO / "workflows" / "split_files_sdxl.json").read_text())
+    with caplog.at_level("WARNING", logger="sumi.prompt"):
+        split = ex.run(prompt)
+    assert split.status == "success", split.error
+    assert not [r for r in caplog.records if "embedding" in r.getMessage()]  # found, for both encoders
+    models_dir = paths.FOLDERS.base / "models"
+    for folder, node, field in (("diffusion_models", "1", "unet_name"), ("text_encoders", "2", "clip_name1"),
+                                ("text_encoders", "2", "clip_name2"), ("vae", "4", "vae_name")):
+        assert (models_dir / folder / prompt[node]["inputs"][field]).is_file()
+    assert (models_dir / "embeddings" / "sumi_tiny_sdxl_embedding.safetensors").is_file()
+    assert not [p for p in models_dir.rglob("*") if ".tmp" in p.name or p.name.startswith(".sumi-split-")]
+
+    single = {k: v for k, v in prompt.items() if k not in ("1", "2", "4")}
+    single["10"] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sumi_tiny_sdxl.safetensors"}}
+    for node, inputs in (("3", {"model": ["10", 0]}), ("6", {"clip": ["10", 1]}), ("7", {"clip": ["10", 1]}),
+                         ("8", {"vae": ["10", 2]})):
+        single[node] = {**single[node], "inputs": {**single[node]["inputs"], **inputs}}
+    whole = ex.run(single)
+    assert whole.status == "success", whole.error
+    assert torch.equal(split.values["3"][0]["samples"], whole.values["3"][0]["samples"])
+    assert torch.equal(split.values["8"][0], whole.values["8"][0])
+
+    missing = json.loads(json.dumps(prompt))  # the contrast: a name with no file is read as text, with a warning
+    missing["6"]["inputs"]["text"] = missing["6"]["inputs"]["text"].replace("sumi_tiny_sdxl_embedding", "sumi_none")
+    with caplog.at_level("WARNING", logger="sumi.prompt"):
+        assert ex.run(missing).status == "success"
+    assert any("embedding 'sumi_none," in r.getMessage() for r in caplog.records)

@@ -279,8 +279,11 @@ class Api:
         return web.json_response(await asyncio.to_thread(system_stats))
 
     async def embeddings(self, request: web.Request) -> web.Response:
+        from nodes.models import TINY_EMBEDDINGS  # the embedded tiny ones, built on first use
+
         names = await asyncio.to_thread(paths.list_models, "embeddings")
-        return web.json_response([os.path.splitext(n)[0] for n in names])
+        found = [os.path.splitext(n)[0] for n in names]
+        return web.json_response([*found, *(n for n in TINY_EMBEDDINGS if n not in found)])
 
     async def model_folders(self, request: web.Request) -> web.Response:
         return web.json_response(list(paths.FOLDERS.models))

@@ -292,6 +292,21 @@ def write_reference_embedding(path: str | os.PathLike, classic: bool = False) ->
     return content_sha256({key: vectors})
 
 
+def write_tiny_embedding(path: str | os.PathLike, family: str, name: str, vectors: int = 2) -> None:
+    """A textual-inversion file for a tiny family's encoders (seeded from `name`): `{"emb_params": [n, D]}` for
+    SD1.x, `{"clip_l": …, "clip_g": …}` for SDXL, float32, scaled like the reference embeddings."""
+    from safetensors.torch import save_file
+
+    info = tiny_info(family)
+    keys = {"clip_l": "clip_l", "clip_g": "clip_g"} if family in ("sdxl", "sdxl_refiner") else {"clip_l": "emb_params"}
+    out = {}
+    for encoder, key in keys.items():
+        width = info.text[encoder].config["hidden_size"]
+        g = torch.Generator().manual_seed(tensor_seed(f"{name}.{key}"))
+        out[key] = torch.randn([vectors, width], generator=g, dtype=torch.float32) / math.sqrt(3 * width)
+    save_file(out, str(path))
+
+
 def write_split_files(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, bare: bool = True) -> dict[str, Path]:
     """Split a single-file checkpoint into the files split-file workflows load: the diffusion model (original
     layout, bare or under `model.diffusion_model.`), the VAE (original layout, bare), and each text encoder in

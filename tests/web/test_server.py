@@ -298,7 +298,7 @@ def test_information_routes(server: Running) -> None:
                 assert r.status == 404
             (paths.FOLDERS.models["embeddings"][0]).mkdir(parents=True, exist_ok=True)
             (paths.FOLDERS.models["embeddings"][0] / "easyneg.safetensors").write_bytes(b"")
-            assert await get("/embeddings") == ["easyneg"]
+            assert await get("/embeddings") == ["easyneg", "sumi_tiny_sd15_embedding", "sumi_tiny_sdxl_embedding"]
             assert (await get("/features"))["max_upload_size"] == 100 * 1024 * 1024
             # The count is what the queue holds: nothing here, as every earlier prompt in this module finished
             # (test_queue_editing_and_secrets sees 4 on a server whose worker never starts).
