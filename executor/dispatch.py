@@ -102,7 +102,7 @@ class LocalDispatcher:
     store: PromptStore
     executor: Executor
     # Whether a prompt's run computes previews (the host decides who asked for them); None: the executor's setting.
-    preview_policy: Callable[[QueueItem], bool] | None = None
+    preview_policy: Callable[[QueueItem], bool | str] | None = None
     _listeners: list[Listener] = field(default_factory=list)
     _secrets: dict[str, dict[str, Any]] = field(default_factory=dict)  # in memory only, never on disk
     _wake: threading.Condition = field(default_factory=threading.Condition)

@@ -82,7 +82,8 @@ class ProgressState:
 class RunContext:
     """What a running node may use: progress, interrupt checks, previews, hidden values.
 
-    `wants_previews` says whether the host shows previews: a node computes one only then (it costs time)."""
+    `wants_previews` says whether the host shows previews: a node computes one only then (it costs time);
+    `preview_method` is the kind the host asked for, when it named one (opaque here: the nodes read it)."""
 
     node_id: str
     prompt_id: str
@@ -92,6 +93,7 @@ class RunContext:
     interrupt_flag: threading.Event
     wants_previews: bool = False
     progress_state: ProgressState | None = None
+    preview_method: str | None = None
 
     def check_interrupt(self) -> None:
         if self.interrupt_flag.is_set():
@@ -193,8 +195,9 @@ class Executor:
 
     def execute(self, valid: ValidPrompt, prompt: dict[str, Any], *, prompt_id: str | None = None,
                 extra_data: dict[str, Any] | None = None,
-                on_event: Callable[[Event], None] | None = None, previews: bool | None = None) -> RunResult:
-        """Run a validated prompt. `previews` overrides the executor's setting for this run (None keeps it)."""
+                on_event: Callable[[Event], None] | None = None, previews: bool | str | None = None) -> RunResult:
+        """Run a validated prompt. `previews` overrides the executor's setting for this run (None keeps it): a
+        bool, or the name of the kind of preview wanted (nodes get it as `ctx.preview_method`)."""
         prompt_id = prompt_id or uuid.uuid4().hex
         wants_previews = self.previews if previews is None else previews
         emit = on_event or (lambda event: None)
@@ -250,7 +253,8 @@ class Executor:
                 kwargs = {k: v for k, v in constants.items() if cls.input(k)}
                 kwargs.update({k: values[link.node][link.slot] for k, link in links.items() if cls.input(k)})
                 ctx = RunContext(nid, prompt_id, prompt, (extra_data or {}).get("extra_pnginfo"), emit,
-                                 self.interrupt_flag, wants_previews, states)
+                                 self.interrupt_flag, bool(wants_previews), states,
+                                 wants_previews if isinstance(wants_previews, str) else None)
                 out = cls().run(ctx, **kwargs)
                 ui = None
                 if isinstance(out, Result):

@@ -130,7 +130,13 @@ def check_node(spec: NodeSpec, cls: type[Node], wf: Workflow, registry: Registry
             continue
         spec.inputs[inp.name] = constants[inp.name] = _check_constant(spec, inp, value, errors)
     if constants and not any(e.node_id == spec.id for e in errors):
-        for name, problem in cls.check(**constants).items():
+        try:
+            problems = cls.check(**constants)
+        except Exception as e:  # a node's own check must not take validation (or the server) down with it
+            errors.append(NodeError("custom_validation_failed", f"{spec.class_type} could not check its inputs: "
+                                    f"{type(e).__name__}: {e}", spec.id, spec.class_type, received=constants))
+            return
+        for name, problem in problems.items():
             errors.append(NodeError("custom_validation_failed", problem, spec.id, spec.class_type, name,
                                     received=constants.get(name)))
 

@@ -57,12 +57,12 @@ def _run(ctx: Any, guider: Guider, noise: Noise, sampler: Sampler, sigmas: torch
          latent: dict[str, Any]) -> tuple[Any, ...]:
     """Both outputs: the sampled LATENT and the last step's x0 estimate (the output itself if nothing ran)."""
     wants_previews = bool(getattr(ctx, "wants_previews", False))
-    family = getattr(guider.model, "family", None)
+    family, method = getattr(guider.model, "family", None), getattr(ctx, "preview_method", None)
     last: dict[str, torch.Tensor] = {}
 
     def on_step(step: int, total: int, denoised: torch.Tensor) -> None:
         last["x0"] = denoised
-        ctx.progress(step + 1, total, preview.preview_image(denoised, family) if wants_previews else None)
+        ctx.progress(step + 1, total, preview.preview_image(denoised, family, method) if wants_previews else None)
 
     model = guider.model
     out = sample_custom(model, guider.denoiser(), noise.generate(latent), latent["samples"], sampler.function(),

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -71,15 +72,9 @@ class CheckpointLoaderSimple(Node):
         if path is None or path.suffix.lower() != ".safetensors" or not os.access(path, os.R_OK):
             return {}
         from .diffusion.detect import detect
-        from .diffusion.reading import CheckpointError, open_checkpoint
 
-        try:
-            with open_checkpoint(path) as opened:
-                detect(opened.meta)
-        except CheckpointError as e:
-            e.path = ckpt_name
-            return {"ckpt_name": str(e)}
-        return {}
+        problem = detection_problem(path, ckpt_name, detect)
+        return {"ckpt_name": problem} if problem else {}
 
     def run(self, ctx: Any, ckpt_name: str) -> tuple[Any, ...]:
         path = _checkpoint_path(ckpt_name)
@@ -188,21 +183,33 @@ class LoraLoaderModelOnly(Node):
         return (apply_lora(model, None, lora_name, strength_model, 0.0)[0],)
 
 
+def detection_problem(path: Path, shown: str, detect: Callable[[Any], object]) -> str:
+    """'' when `detect` accepts the names and shapes of a .safetensors file, else the message of its validation
+    error. A detector that trips over a layout it half recognises (a tensor missing, an odd index) says so rather
+    than raising."""
+    from .diffusion.reading import CheckpointError, open_checkpoint
+
+    try:
+        with open_checkpoint(path) as opened:
+            detect(opened.meta)
+    except CheckpointError as e:
+        e.path = shown
+        return str(e)
+    except (KeyError, IndexError, AttributeError, TypeError, ValueError) as e:
+        return (f"{shown}: its tensors look like a known layout but do not fit it ({type(e).__name__}: {e}); "
+                "the file is damaged or of a variant Sumi does not load")
+    return ""
+
+
 def _check_file(field: str, kind: str, name: str, detect_name: str) -> dict[str, str]:
     """Validation of a split file: a .safetensors file is detected from its header; a problem names the input."""
     path = paths.find_model(kind, name)
     if path is None or path.suffix.lower() != ".safetensors" or not os.access(path, os.R_OK):
         return {}
     from .diffusion import detect as detection
-    from .diffusion.reading import CheckpointError, open_checkpoint
 
-    try:
-        with open_checkpoint(path) as opened:
-            getattr(detection, detect_name)(opened.meta)
-    except CheckpointError as e:
-        e.path = name
-        return {field: str(e)}
-    return {}
+    problem = detection_problem(path, name, getattr(detection, detect_name))
+    return {field: problem} if problem else {}
 
 
 def _split_names(kind: str) -> list[str]:
@@ -234,8 +241,9 @@ def _fingerprint(kind: str, *names: str) -> str:
     return "|".join([*(_identity(kind, n) for n in names), devices.POLICY.describe()])
 
 
-# UNETLoader's weight_dtype -> the dtype weights are rounded to (computed in the policy's dtype; `_fast` is
-# ComfyUI's fp8 matmul on cards that have it, which Sumi does not use: same weights, same results)
+# UNETLoader's weight_dtype -> the dtype weights are rounded to (computed in the policy's dtype). `_fast` is
+# ComfyUI's fp8 matmul on cards that have one, which also rounds the activations to fp8; Sumi does not use it, so
+# `_fast` gives plain fp8_e4m3fn's results (ComfyUI's too on cards without fp8 matmul)
 WEIGHT_DTYPES = {"default": None, "fp8_e4m3fn": "float8_e4m3fn", "fp8_e4m3fn_fast": "float8_e4m3fn",
                  "fp8_e5m2": "float8_e5m2"}
 # ComfyUI's type options, so its workflows validate in shape; Sumi runs stable_diffusion and sdxl (models.CLIP_TYPES)
@@ -415,7 +423,6 @@ class VAELoader(Node):
     def check(cls, vae_name: str) -> dict[str, str]:
         if not _is_taesd(vae_name):
             return _check_file("vae_name", "vae", vae_name, "detect_vae")
-        from .diffusion.reading import CheckpointError, open_checkpoint
         from .diffusion.taesd import RUNNABLE, TAESD_NAMES, detect_taesd
 
         family = TAESD_NAMES[models.TINY_TAESD.get(vae_name, vae_name)][0]
@@ -427,12 +434,9 @@ class VAELoader(Node):
                 continue
             if path.suffix.lower() != ".safetensors" or not os.access(path, os.R_OK):
                 continue
-            try:
-                with open_checkpoint(path) as opened:
-                    detect_taesd(opened.meta, part)
-            except CheckpointError as e:
-                e.path = path.name
-                return {"vae_name": str(e)}
+            problem = detection_problem(path, path.name, lambda meta, part=part: detect_taesd(meta, part))
+            if problem:
+                return {"vae_name": problem}
         return {}
 
     def run(self, ctx: Any, vae_name: str) -> tuple[Any, ...]:
@@ -467,15 +471,9 @@ class ControlNetLoader(Node):
         if path is None or path.suffix.lower() != ".safetensors" or not os.access(path, os.R_OK):
             return {}
         from .diffusion.controlnet import detect_controlnet
-        from .diffusion.reading import CheckpointError, open_checkpoint
 
-        try:
-            with open_checkpoint(path) as opened:
-                detect_controlnet(opened.meta)
-        except CheckpointError as e:
-            e.path = control_net_name
-            return {"control_net_name": str(e)}
-        return {}
+        problem = detection_problem(path, control_net_name, detect_controlnet)
+        return {"control_net_name": problem} if problem else {}
 
     def run(self, ctx: Any, control_net_name: str) -> tuple[Any, ...]:
         from .diffusion.controlnet import ControlNet, load_controlnet

@@ -217,31 +217,26 @@ TINY_TAESD = {"sumi_tiny_taesd": "taesd", "sumi_tiny_taesdxl": "taesdxl"}
 def taesd_files(name: str) -> tuple[Path, Path] | None:
     """(encoder, decoder) files of a TAESD pseudo-name in models/vae_approx (`NAME_encoder.*`, `NAME_decoder.*`,
     as ComfyUI's VAELoader finds them), or None when a half is missing."""
-    found = {}
-    for part in ("encoder", "decoder"):
-        rel = next((n for n in paths.list_models("vae_approx") if n.startswith(f"{name}_{part}.")), None)
-        path = paths.find_model("vae_approx", rel) if rel else None
-        if path is None:
-            return None
-        found[part] = path
-    return found["encoder"], found["decoder"]
+    encoder, decoder = taesd_file(name, "encoder"), taesd_file(name, "decoder")
+    return None if encoder is None or decoder is None else (encoder, decoder)
+
+
+def taesd_file(name: str, part: str) -> Path | None:
+    """One half (`encoder` / `decoder`) of a TAESD in models/vae_approx: `NAME_part.*`, or None."""
+    rel = next((n for n in paths.list_models("vae_approx") if n.startswith(f"{name}_{part}.")), None)
+    return paths.find_model("vae_approx", rel) if rel else None
 
 
 def ensure_tiny_taesd(name: str) -> tuple[Path, Path]:
     """Build one of `TINY_TAESD` (both halves) into models/vae_approx on first use."""
-    from .diffusion.fixtures import build_tiny_taesd, tensor_seed
+    from .diffusion.fixtures import taesd_layout, tensor_seed, write_by_rule
 
-    existing = taesd_files(name)
-    if existing:
-        return existing
-    folder = paths.model_dirs("vae_approx")[0]
-    folder.mkdir(parents=True, exist_ok=True)
-    targets = [folder / f"{name}_{part}.safetensors" for part in ("encoder", "decoder")]
-    tmps = [t.with_suffix(f".tmp{id(t)}") for t in targets]
-    build_tiny_taesd(*tmps, seed=tensor_seed(name) % 1000)
-    for tmp, target in zip(tmps, targets, strict=True):
-        tmp.replace(target)
-    return targets[0], targets[1]
+    seed = tensor_seed(name) % 1000  # the halves get different seeds: their tensor names coincide
+    encoder, decoder = (paths.build_once("vae_approx", f"{name}_{part}.safetensors",
+                                         lambda tmp, part=part, s=seed + i: write_by_rule(tmp, taesd_layout(part), s,
+                                                                                          buffers=False))
+                        for i, part in enumerate(("encoder", "decoder")))
+    return encoder, decoder
 
 
 def load_taesd(name: str) -> Any:

@@ -8,22 +8,21 @@
   the decoder file is missing, latent2rgb is used and a warning is logged once per family.
 - `auto` (the default): taesd where the family's decoder file is there, latent2rgb otherwise, as in ComfyUI.
 
-The method is the server's (`--preview-method`, `configure`); whether a prompt gets previews at all is decided per
-prompt by the server and reaches nodes as `ctx.wants_previews`.
+The method is the server's (`--preview-method`, `configure`) unless a prompt names its own
+(`extra_data.preview_method`, reaching nodes as `ctx.preview_method`); whether a prompt gets previews at all is
+decided per prompt by the server and reaches nodes as `ctx.wants_previews`.
 """
 from __future__ import annotations
 
 import logging
 from typing import Any
 
-from . import paths
-
 METHODS = ("none", "auto", "latent2rgb", "taesd")
 METHOD = "auto"
 # which TAESD decodes a family's latents (ComfyUI's file names in models/vae_approx)
 TAESD_FOR_FAMILY = {"sd15": "taesd", "sd2": "taesd", "sdxl": "taesdxl", "sdxl_refiner": "taesdxl"}
 log = logging.getLogger(__name__)
-_decoders: dict[str, tuple[Any, Any]] = {}  # TAESD name -> ((path, size, mtime), decoder module or None)
+_decoders: dict[str, tuple[Any, Any]] = {}  # TAESD name -> ((file version, device, dtype), decoder or None)
 _warned: set[str] = set()
 PREVIEW_SIZE = 512  # longest side of a preview, as ComfyUI's --preview-size default
 
@@ -50,37 +49,43 @@ def configure(method: str) -> None:
     METHOD = method
 
 
-def preview_image(x0: Any, family: str | None = None, max_size: int = PREVIEW_SIZE) -> Any:
-    """A PIL image of the first item of a scaled x0 estimate, by the configured method; None when none fits."""
-    if METHOD in ("auto", "taesd"):
-        decoder = _taesd_decoder(family)
+def preview_image(x0: Any, family: str | None = None, method: str | None = None,
+                  max_size: int = PREVIEW_SIZE) -> Any:
+    """A PIL image of the first item of a scaled x0 estimate, by `method` (a prompt's own choice) or else the
+    configured one; None when none fits."""
+    method = method if method in METHODS and method != "none" else METHOD
+    if method in ("auto", "taesd"):
+        decoder = _taesd_decoder(family, method)
         if decoder is not None:
             return _decode_taesd(decoder, x0, max_size)
     return latent_to_rgb(x0, max_size)
 
 
-def _taesd_decoder(family: str | None) -> Any:
+def _taesd_decoder(family: str | None, method: str) -> Any:
     """The family's TAESD decoder, loaded once per file version; None when there is none (warned for `taesd`)."""
     name = TAESD_FOR_FAMILY.get(family or "")
     if name is None:
         return None
-    rel = next((n for n in paths.list_models("vae_approx") if n.startswith(f"{name}_decoder.")), None)
-    path = paths.find_model("vae_approx", rel) if rel else None
+    from . import devices
+    from .models import taesd_file
+
+    path = taesd_file(name, "decoder")
     if path is None:
-        if METHOD == "taesd" and name not in _warned:
+        if method == "taesd" and name not in _warned:
             _warned.add(name)
             log.warning("TAESD previews asked for, but models/vae_approx has no %s_decoder file; using latent2rgb",
                         name)
         return None
     st = path.stat()
-    identity = (str(path), st.st_size, st.st_mtime_ns)
+    policy = devices.POLICY  # on the sampler's device: a full-size decode per step must not wait for the CPU
+    identity = (str(path), st.st_size, st.st_mtime_ns, str(policy.device), policy.vae_dtype())
     cached = _decoders.get(name)
     if cached is None or cached[0] != identity:
         from .diffusion.reading import CheckpointError
         from .diffusion.taesd import load_taesd_decoder
 
         try:
-            _decoders[name] = (identity, load_taesd_decoder(path))
+            _decoders[name] = (identity, load_taesd_decoder(path, policy.device, policy.vae_dtype()))
         except CheckpointError as e:
             log.warning("TAESD preview decoder not usable, using latent2rgb: %s", e)
             _decoders[name] = (identity, None)
@@ -92,8 +97,9 @@ def _decode_taesd(decoder: Any, x0: Any, max_size: int) -> Any:
     from PIL import Image
 
     latent = x0[:1] if x0.ndim == 4 else x0[None]
+    weight = next(decoder.parameters())
     with torch.inference_mode():
-        out = decoder(latent.detach().to(device="cpu", dtype=torch.float32))[0]  # [-1, 1]
+        out = decoder(latent.detach().to(device=weight.device, dtype=weight.dtype))[0].float().cpu()  # [-1, 1]
     pixels = ((out + 1.0) / 2.0).clamp(0, 1).movedim(0, -1).mul(255).round().to(torch.uint8).numpy()
     image = Image.fromarray(pixels, "RGB")
     if max(image.size) > max_size:

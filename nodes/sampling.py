@@ -21,9 +21,11 @@ def _sample(ctx: Any, model: Any, seed: int, latent: dict[str, Any], **kwargs: A
 
     wants_previews = bool(getattr(ctx, "wants_previews", False))
 
+    method = getattr(ctx, "preview_method", None)
+
     def on_step(step: int, total: int, denoised: Any) -> None:
         # `denoised` is the x0 estimate in the scaled latent space, which is what both preview methods take.
-        image = preview.preview_image(denoised, model.family) if wants_previews else None
+        image = preview.preview_image(denoised, model.family, method) if wants_previews else None
         ctx.progress(step + 1, total, image)
 
     out = ksample(model, noise, samples, seed=seed, noise_mask=latent.get("noise_mask"), callback=on_step,

@@ -42,6 +42,8 @@ def _check_file(identity: str, path: Path, name: str) -> str | None:
     except CheckpointError as e:
         e.path = name
         return str(e)
+    except (KeyError, IndexError, AttributeError, TypeError, ValueError) as e:  # spandrel tripped over the file
+        return f"{name}: not an upscale model Sumi can read ({type(e).__name__}: {e})"
     return None
 
 

@@ -64,7 +64,7 @@ def _canonical(obj: object, path: Path) -> dict[str, torch.Tensor]:
 
     if not isinstance(obj, dict):
         raise _error(f"holds a {type(obj).__name__}, not a state dict", path, reason="unreadable")
-    sd = canonicalize_state_dict(obj)
+    sd = canonicalize_state_dict({k: v for k, v in obj.items() if isinstance(k, str)})
     if SWINIR_PROBE in sd:
         sd = {k.removeprefix("module."): v for k, v in sd.items()}
     return {k: v for k, v in sd.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}

@@ -164,3 +164,17 @@ def test_taesd_previews_decode_full_size_with_the_familys_decoder_file(
         got = torch.from_numpy(np.array(image)).float() / 255
         assert (got - want).abs().max() <= 0.5 / 255 + 1e-6
     assert float(torch.from_numpy(np.array(shown[-1])).float().std()) > 1.0  # an image, not a flat fill
+
+    # a prompt's own kind (`Executor.execute(previews=…)`, from extra_data.preview_method) wins over the server's
+    def sizes(kind: str) -> list[tuple[int, int]]:
+        emitted: list[Any] = []
+        prompt = small_txt2img()
+        run = taesd_run.execute(taesd_run.prepare(prompt), prompt, on_event=emitted.append, previews=kind)
+        assert run.status == "success"
+        taesd_run.cache.clear()
+        return [e.data["image"].size for e in emitted if e.type == "preview"]
+
+    assert sizes("latent2rgb") == [(8, 8)] * STEPS
+    preview.configure("latent2rgb")
+    assert sizes("taesd") == [(64, 64)] * STEPS
+    assert sizes("auto") == [(64, 64)] * STEPS

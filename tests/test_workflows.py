@@ -131,3 +131,17 @@ def test_split_files_workflow_equals_the_single_file_and_uses_the_tiny_embedding
     with caplog.at_level("WARNING", logger="sumi.prompt"):
         assert ex.run(missing).status == "success"
     assert any("embedding 'sumi_none," in r.getMessage() for r in caplog.records)
+
+    # the vectors themselves reach the encoders: another file of the same shapes gives other conditioning
+    from safetensors.torch import load_file, save_file
+
+    tiny = load_file(str(models_dir / "embeddings" / "sumi_tiny_sdxl_embedding.safetensors"))
+    assert sorted(tiny) == ["clip_g", "clip_l"] and all(t.shape[0] == 2 for t in tiny.values())
+    zero_file = models_dir / "embeddings" / "sumi_zero.safetensors"
+    save_file({k: torch.zeros_like(t) for k, t in tiny.items()}, str(zero_file))
+    other = json.loads(json.dumps(prompt))
+    other["6"]["inputs"]["text"] = other["6"]["inputs"]["text"].replace("sumi_tiny_sdxl_embedding", "sumi_zero")
+    zeroed = ex.run(other)
+    assert zeroed.status == "success", zeroed.error
+    cond, cond_zero = split.values["6"][0][0][0], zeroed.values["6"][0][0][0]
+    assert cond.shape == cond_zero.shape and not torch.allclose(cond, cond_zero)

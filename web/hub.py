@@ -135,12 +135,16 @@ class Hub:
     # -- who gets what -----------------------------------------------------------------------------------
 
     def wants_previews(self, extra_data: dict[str, Any]) -> bool:
-        """Whether a prompt's run should compute previews: its `extra_data.preview_method` when set (not
-        "default"), else the server's --preview-method when given, else whether the submitting client
-        announced it can tell previews apart (`supports_preview_metadata` in its feature flags)."""
+        return self.preview_choice(extra_data) is not False
+
+    def preview_choice(self, extra_data: dict[str, Any]) -> bool | str:
+        """Whether a prompt's run computes previews, and which kind: its `extra_data.preview_method` when set
+        (not "default"; the kind it names), else the server's --preview-method when given, else whether the
+        submitting client announced it can tell previews apart (`supports_preview_metadata` in its feature
+        flags; then the server's kind). False: none; True: the server's kind; a name: that kind."""
         method = extra_data.get("preview_method")
         if isinstance(method, str) and method in PREVIEW_METHODS:
-            return method != "none"
+            return False if method == "none" else method
         if self.preview_method is not None:
             return self.preview_method != "none"
         client = self.clients.get(str(extra_data.get("client_id") or ""))

@@ -114,7 +114,7 @@ class Api:
         self.hub = Hub(dispatcher, self.features_data(), preview_method=config.preview_method)
         self._unsubscribe: Any = None
         if getattr(dispatcher, "preview_policy", False) is None:  # a local worker: previews only when asked
-            dispatcher.preview_policy = lambda item: self.hub.wants_previews(item.extra_data)  # type: ignore
+            dispatcher.preview_policy = lambda item: self.hub.preview_choice(item.extra_data)  # type: ignore
 
     def routes(self) -> list[tuple[str, str, Any]]:
         return [

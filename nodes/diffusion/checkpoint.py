@@ -155,16 +155,20 @@ def load_component(path: str | os.PathLike, plan: Callable[[Source], tuple[Any, 
         except CheckpointError as e:
             e.path = str(path)
             raise
-        # rounded weights are read at full precision first, so each is rounded once (file dtype -> storage)
-        prefetch = Prefetch(opened, opened.order(), device, dtype if storage is None else torch.float32)
+        # rounded weights are read in the file's own dtype on the CPU, so each is rounded once (file dtype ->
+        # storage) and only the result reaches the device: no full-precision copy of the model on a small card
+        prefetch = Prefetch(opened, opened.order(), device if storage is None else "cpu",
+                            dtype if storage is None else None)
         source: Mapping[str, torch.Tensor] = prefetch
         if storage is not None:
-            source = Lazy(prefetch.meta, lambda n: _rounded(prefetch[n], storage, dtype))
+            source = Lazy(prefetch.meta, lambda n: _rounded(prefetch[n], storage, dtype).to(device))
         try:
             with torch.device("meta"):
                 module = p.build()
             state = p.convert(source, module.state_dict())
             module.load_state_dict(state, strict=True, assign=True)
+        except torch.OutOfMemoryError:
+            raise  # the device is full, the file is fine: the executor frees its cache and says so
         except (KeyError, ValueError, RuntimeError) as e:
             raise CheckpointError(f"layout detected as {p.label} but the tensors do not fit: {e}",
                                   reason="mismatch", path=path, detected=p.detected) from e

@@ -424,3 +424,32 @@ def test_cache_counts_storage_shared_with_another_entry_once() -> None:
     weights = sum(p.numel() * 4 for p in base.parameters())
     assert stats["models"]["bytes"] == weights + 4096 and stats["outputs"]["bytes"] == 4096
     assert all(k in cache for k in ("base", "view1", "view2"))
+
+
+def test_a_check_that_raises_is_a_validation_error_on_its_node_and_the_rest_is_still_reported() -> None:
+    class Fragile(Node):
+        type = "Fragile"
+        inputs = (Input("name", "STRING", default="x"),)
+        outputs = (Output("FLOAT"),)
+
+        @classmethod
+        def check(cls, name: str) -> dict[str, str]:
+            return {"name": "no such thing"} if name == "bad" else {}[name]  # KeyError for anything else
+
+        def run(self, ctx: Any, name: str) -> tuple[Any, ...]:
+            return (1.0,)
+
+    reg = Registry()
+    reg.register(Number, Show, Fragile)
+    prompt = {"1": {"class_type": "Fragile", "inputs": {"name": "x"}},
+              "2": {"class_type": "Show", "inputs": {"x": ["1", 0]}},
+              "3": {"class_type": "Fragile", "inputs": {"name": "bad"}},
+              "4": {"class_type": "Show", "inputs": {"x": ["3", 0]}},
+              "5": {"class_type": "Number", "inputs": {"value": 99.0}},
+              "6": {"class_type": "Show", "inputs": {"x": ["5", 0]}}}
+    errors = errors_of(Executor(reg), prompt)
+    assert [(e.type, e.node_id, e.input_name) for e in errors] == [
+        ("custom_validation_failed", "1", None), ("custom_validation_failed", "3", "name"),
+        ("value_bigger_than_max", "5", "value")]
+    assert errors[0].message == "Fragile could not check its inputs: KeyError: 'x'"
+    assert errors[0].received == {"name": "x"}

@@ -225,3 +225,26 @@ def test_every_comfyui_clip_type_is_listed_and_the_unrunnable_ones_are_named() -
             assert t in CLIP_TYPE_FAMILIES
             names = {"clip_name": "x.safetensors"} if node is CLIPLoader else {"clip_name1": "x", "clip_name2": "y"}
             assert f"{t!r} is for {CLIP_TYPE_FAMILIES[t]}" in node.check(type=t, **names)["type"]
+
+
+@pytest.mark.parametrize(("node", "field", "name", "detector"), [
+    ("UNETLoader", "unet_name", "sumi_tiny_sd15_unet.safetensors", "detect_diffusion_model"),
+    ("VAELoader", "vae_name", "sumi_tiny_sd15_vae.safetensors", "detect_vae"),
+    ("CLIPLoader", "clip_name", "sumi_tiny_sd15_clip_l.safetensors", "detect_text_encoder"),
+])
+def test_a_detector_that_trips_over_a_file_is_a_validation_error_naming_it(
+        base: Path, monkeypatch: pytest.MonkeyPatch, node: str, field: str, name: str, detector: str) -> None:
+    """A half-recognised layout can make a detector raise KeyError/IndexError: that is reported on the input,
+    naming the file, never raised out of validation."""
+    from nodes.diffusion import detect
+
+    def trips(*_: object) -> None:
+        raise KeyError("down_blocks.0.resnets.0.conv1.weight")
+
+    monkeypatch.setattr(detect, detector, trips)
+    inputs = {field: name, **({"type": "stable_diffusion"} if node == "CLIPLoader" else {}),
+              **({"weight_dtype": "default"} if node == "UNETLoader" else {})}
+    problems = build_registry().get(node).check(**inputs)
+    assert list(problems) == [field]
+    assert problems[field].startswith(f"{name}: its tensors look like a known layout but do not fit it (KeyError: ")
+    assert "down_blocks.0.resnets.0.conv1.weight" in problems[field]

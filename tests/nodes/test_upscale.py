@@ -212,6 +212,8 @@ def _unsafe(path: Path) -> None:
     ("junk.safetensors", _junk, ["detected: 1 tensors of no architecture spandrel knows", "foo.weight"]),
     ("unsafe.pth", _unsafe, ["refused for safety", "argparse.Namespace"]),
     ("damaged.pth", lambda p: p.write_bytes(b"PK\x03\x04 not really a zip"), ["not a readable PyTorch file"]),
+    ("int_keys.pth", lambda p: torch.save({0: torch.zeros(1), "conv_first.weight": torch.zeros(64, 3, 3, 3)}, p),
+     ["detected: 1 tensors of no architecture spandrel knows", "conv_first.weight"]),  # spandrel wants str keys
 ])
 def test_a_file_spandrel_cannot_use_is_a_validation_error(base: Path, name: str, make: Any,
                                                            says: list[str]) -> None:

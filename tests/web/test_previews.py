@@ -256,3 +256,20 @@ def test_default_sends_outputs_but_previews_only_to_clients_that_ask(servers: di
     assert [struct.unpack(">II", f[:8]) for f in extra] == [(1, 1)] * STEPS + [(1, 2)] * 2
     off = frames_of(runs["off"][1])
     assert [struct.unpack(">II", f[:8])[0] for f in off] == [4, 4]  # its images only: no previews
+
+
+@pytest.mark.parametrize(("server", "extra", "want"), [
+    (None, {"preview_method": "taesd"}, "taesd"),  # a prompt's own kind reaches the nodes
+    (None, {"preview_method": "latent2rgb"}, "latent2rgb"),
+    ("taesd", {"preview_method": "none"}, False),
+    ("latent2rgb", {"preview_method": "default"}, True),  # "default": the server's kind
+    ("none", {}, False),
+    (None, {}, False),  # a script that asked for nothing
+])
+def test_a_prompt_names_its_preview_kind_or_takes_the_servers(server: str | None, extra: dict[str, Any],
+                                                              want: bool | str) -> None:
+    from web.hub import Hub
+
+    hub = Hub(None, {}, preview_method=server)
+    assert hub.preview_choice(extra) == want
+    assert hub.wants_previews(extra) is (want is not False)
