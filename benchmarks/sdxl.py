@@ -141,18 +141,7 @@ def summarize(cells: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
 def print_table(rows: list[dict[str, Any]], args: argparse.Namespace, ckpt: Path) -> None:
     print(f"SDXL ({ckpt.name}) {args.size}x{args.size}, {args.steps} euler steps, cfg {harness.CFG}, fp32, "
           f"{args.threads} threads, median of {args.repeats} repeat(s); ratio = Sumi / diffusers (lower is better)")
-    head = f"{'scenario':<27} {'Sumi':>9} {'diffusers':>10} {'ratio':>6}  {'target':<13} {'':5} note"
-    print(head)
-    print("-" * (len(head) + 20))
-    for r in rows:
-        target = f"<= {r['target']:.2f}x" if r["target"] is not None else (
-            "runs 0 nodes" if r["scenario"] == "warm: identical re-run" else "(info)")
-        note = r["note"]
-        if r["disturbed"] and r["unit"] == "s":
-            note = (note + "; " if note else "") + f"{r['disturbed']} sample(s) disturbed by other processes"
-        unit = "s" if r["unit"] == "s" else "G"
-        print(f"{r['scenario']:<27} {r['sumi']:>8.2f}{unit} {r['diffusers']:>9.2f}{unit} {r['ratio']:>6.3f}  "
-              f"{target:<13} {r['verdict']:<5} {note}")
+    harness.print_rows(rows, with_size=False)
 
 
 def main(argv: list[str] | None = None) -> int:

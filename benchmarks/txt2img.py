@@ -499,7 +499,13 @@ def summarize(raw: dict[str, Any]) -> list[dict[str, Any]]:
 def print_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     print(f"txt2img, {args.steps} steps euler/normal, cfg {CFG}, fp32, {args.threads} threads, median of "
           f"{args.repeats} alternating repeat(s); ratio = Sumi / diffusers (lower is better)")
-    head = f"{'size':>4}  {'scenario':<27} {'Sumi':>9} {'diffusers':>10} {'ratio':>6}  {'target':<13} {'':5} note"
+    print_rows(rows, with_size=True)
+
+
+def print_rows(rows: list[dict[str, Any]], with_size: bool) -> None:
+    """The table under a title: one line per row, size first when the run covers several."""
+    size = f"{'size':>4}  " if with_size else ""
+    head = f"{size}{'scenario':<27} {'Sumi':>9} {'diffusers':>10} {'ratio':>6}  {'target':<13} {'':5} note"
     print(head)
     print("-" * (len(head) + 20))
     for r in rows:
@@ -513,7 +519,8 @@ def print_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
         if r["disturbed"] and r["unit"] == "s":
             note = (note + "; " if note else "") + f"{r['disturbed']} sample(s) disturbed by other processes"
         unit = "s" if r["unit"] == "s" else "G"
-        print(f"{r['size']:>4}  {r['scenario']:<27} {r['sumi']:>8.2f}{unit} {r['diffusers']:>9.2f}{unit} "
+        size = f"{r['size']:>4}  " if with_size else ""
+        print(f"{size}{r['scenario']:<27} {r['sumi']:>8.2f}{unit} {r['diffusers']:>9.2f}{unit} "
               f"{r['ratio']:>6.3f}  {target:<13} {r['verdict']:<5} {note}")
 
 
