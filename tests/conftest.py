@@ -1,5 +1,6 @@
 """Test-wide setup: one torch CPU thread, so results and run times do not depend on the machine's core count;
-and the tiny default checkpoint, built once per session."""
+the tiny default checkpoint, built once per session; a fresh base directory per test module."""
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,5 +18,20 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     try:
         paths.configure(tmp_path_factory.mktemp("tiny_checkpoint"))
         return models.ensure_default_checkpoint()
+    finally:
+        paths.FOLDERS = saved
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Path]:
+    """A fresh base directory for one test module (tiny models get built into it on first use); Sumi's
+    process-wide folders point at it and are restored after. Modules that need more define their own `base`."""
+    from nodes import paths
+
+    saved = paths.FOLDERS
+    root = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
+    paths.configure(root)
+    try:
+        yield root
     finally:
         paths.FOLDERS = saved

@@ -4,13 +4,12 @@ original; a 9-channel UNet of the tiny family is detected and receives [x, round
 without a mask it gets ones and the blank latent."""
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
-from nodes import models, paths
+from nodes import models
 from nodes.inpaint import InpaintModelConditioning, VAEEncodeForInpaint
 
 
@@ -21,14 +20,6 @@ class FakeVAE:
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         self.seen.append(pixels.clone())
         return pixels[..., :3].movedim(-1, 1)[:, :, ::8, ::8].mean(1, keepdim=True).repeat(1, 4, 1, 1)
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    saved = paths.FOLDERS
-    paths.configure(tmp_path_factory.mktemp("inpaint"))
-    yield paths.FOLDERS.base
-    paths.FOLDERS = saved
 
 
 def test_vae_encode_for_inpaint_greys_and_grows() -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from executor.runner import Executor
-from nodes import build_registry, models, paths
+from nodes import build_registry, models
 from nodes.diffusion import fixtures as F
 from nodes.diffusion import lora
 from nodes.diffusion.patches import patched
@@ -27,15 +26,6 @@ from nodes.diffusion.reading import CheckpointError
 from nodes.loaders import apply_lora
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    saved = paths.FOLDERS
-    root = tmp_path_factory.mktemp("lora")
-    paths.configure(root)
-    yield root
-    paths.FOLDERS = saved
 
 
 @pytest.mark.parametrize("fmt", ["kohya", "peft"])

@@ -5,7 +5,6 @@ the pseudo-names are listed only when both halves exist; SD3/Flux TAESDs and bro
 naming what they are."""
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -52,15 +51,6 @@ def reference_decoder(c: int = 64, latent: int = 4) -> nn.Sequential:
     up = [[_Block(c), _Block(c), _Block(c), nn.Upsample(scale_factor=2), _conv(c, c, bias=False)] for _ in range(3)]
     return nn.Sequential(_Clamp(), _conv(latent, c), nn.ReLU(), *(m for stage in up for m in stage), _Block(c),
                          _conv(c, 3))
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    saved = paths.FOLDERS
-    root = tmp_path_factory.mktemp("taesd")
-    paths.configure(root)
-    yield root
-    paths.FOLDERS = saved
 
 
 def _reference(files: tuple[Path, Path]) -> tuple[nn.Module, nn.Module]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +26,6 @@ from nodes.upscaler_fixtures import TINY, write_esrgan
 
 TINY_NAME = next(iter(TINY_UPSCALE_MODELS))
 REGISTRY = build_registry()
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    saved = paths.FOLDERS
-    root = tmp_path_factory.mktemp("upscale")
-    paths.configure(root)
-    yield root
-    paths.FOLDERS = saved
 
 
 @pytest.fixture(scope="module")
