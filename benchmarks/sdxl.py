@@ -153,14 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke run: the tiny SDXL file, 256 px, 1 repeat")
     parser.add_argument("--json", metavar="FILE", help="also write every measurement and the table here")
     parser.add_argument("--checkpoint", help=f"default: $SUMI_CACHE_DIR or ~/.cache/sumi, /{CKPT_NAME}")
-    parser.add_argument("--wait-quiet", type=float, default=60.0, metavar="S",
-                        help="before each measurement wait up to S seconds for other processes to go idle")
-    parser.add_argument("--retries", type=int, default=2,
-                        help="re-measure a disturbed measurement (others used > 0.1 core) up to this many times")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary folder (images, logs)")
-    parser.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
-    parser.add_argument("--out", help=argparse.SUPPRESS)
-    parser.add_argument("--tmp", help=argparse.SUPPRESS)
+    harness.add_harness_options(parser, CHILDREN)
     args = parser.parse_args(argv)
 
     if args.child:

@@ -524,6 +524,19 @@ def print_rows(rows: list[dict[str, Any]], with_size: bool) -> None:
               f"{r['ratio']:>6.3f}  {target:<13} {r['verdict']:<5} {note}")
 
 
+def add_harness_options(parser: argparse.ArgumentParser, children: dict[str, Any]) -> None:
+    """The options every side-by-side benchmark built on this harness takes, and its child-process modes."""
+    parser.add_argument("--wait-quiet", type=float, default=60.0, metavar="S",
+                        help="before each measurement wait up to S seconds for other processes to go idle")
+    parser.add_argument("--retries", type=int, default=2,
+                        help="re-measure a disturbed measurement (others used > 0.1 core) up to this many times")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder (images, logs)")
+    # child-process modes (internal)
+    parser.add_argument("--child", choices=sorted(children), help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    parser.add_argument("--tmp", help=argparse.SUPPRESS)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="256,512", help="comma-separated square sizes in pixels")
@@ -534,16 +547,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="FILE", help="also write every measurement and the table here")
     parser.add_argument("--checkpoint", default=str(default_checkpoint()),
                         help="default: $SUMI_CACHE_DIR or ~/.cache/sumi, /" + CKPT_NAME)
-    parser.add_argument("--wait-quiet", type=float, default=60.0, metavar="S",
-                        help="before each measurement wait up to S seconds for other processes to go idle")
-    parser.add_argument("--retries", type=int, default=2,
-                        help="re-measure a disturbed measurement (others used > 0.1 core) up to this many times")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary folder (images, logs)")
-    # child-process modes (internal)
-    parser.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
+    add_harness_options(parser, CHILDREN)
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--out", help=argparse.SUPPRESS)
-    parser.add_argument("--tmp", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.child:
