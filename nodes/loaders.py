@@ -183,10 +183,19 @@ class LoraLoaderModelOnly(Node):
         return (apply_lora(model, None, lora_name, strength_model, 0.0)[0],)
 
 
-def detection_problem(path: Path, shown: str, detect: Callable[[Any], object]) -> str:
+# what each split loader loads, for its validation errors' "supported:" part (checkpoints have their own)
+SPLIT_SUPPORTED = {
+    "detect_diffusion_model": "SD1.x, SD2.x, SDXL and SDXL refiner diffusion models (the UNet alone, original "
+                              "layout, bare or under model.diffusion_model.; fp16/bf16/fp32/fp8)",
+    "detect_text_encoder": "CLIP-L, OpenCLIP-H and OpenCLIP-bigG text encoders (transformers' or OpenCLIP's layout)",
+    "detect_vae": "KL autoencoders (VAEs) of SD1.x, SD2.x and SDXL in the original layout; TAESD through the "
+                  "taesd / taesdxl names"}
+
+
+def detection_problem(path: Path, shown: str, detect: Callable[[Any], object], supported: str | None = None) -> str:
     """'' when `detect` accepts the names and shapes of a .safetensors file, else the message of its validation
-    error. A detector that trips over a layout it half recognises (a tensor missing, an odd index) says so rather
-    than raising."""
+    error (`supported` replacing what the error says loads). A detector that trips over a layout it half
+    recognises (a tensor missing, an odd index) says so rather than raising."""
     from .diffusion.reading import CheckpointError, open_checkpoint
 
     try:
@@ -194,6 +203,8 @@ def detection_problem(path: Path, shown: str, detect: Callable[[Any], object]) -
             detect(opened.meta)
     except CheckpointError as e:
         e.path = shown
+        if supported:
+            e.supported_text = supported
         return str(e)
     except (KeyError, IndexError, AttributeError, TypeError, ValueError) as e:
         return (f"{shown}: its tensors look like a known layout but do not fit it ({type(e).__name__}: {e}); "
@@ -208,7 +219,7 @@ def _check_file(field: str, kind: str, name: str, detect_name: str) -> dict[str,
         return {}
     from .diffusion import detect as detection
 
-    problem = detection_problem(path, name, getattr(detection, detect_name))
+    problem = detection_problem(path, name, getattr(detection, detect_name), SPLIT_SUPPORTED.get(detect_name))
     return {field: problem} if problem else {}
 
 

@@ -506,7 +506,9 @@ def detect_vae(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[str, Any], 
     v = _strip(state_dict, prefix)
     if "encoder.conv_in.weight" not in v or "decoder.conv_out.weight" not in v:
         if any(k.startswith("taesd_") or k.startswith(("encoder.layers.", "decoder.layers.")) for k in state_dict):
-            raise CheckpointError("a TAESD preview autoencoder", hint="TAESD is not supported yet")
+            raise CheckpointError("a TAESD autoencoder (diffusers' AutoencoderTiny layout), not a KL VAE",
+                                  hint="put the original taesd_encoder / taesd_decoder files (or taesdxl_…) in "
+                                       "models/vae_approx and choose taesd / taesdxl in Load VAE")
         raise CheckpointError("not a KL autoencoder (VAE) in the original layout",
                               detected=f"{len(state_dict)} tensors, e.g. {sorted(state_dict)[:3]}")
     vf = vae_facts(v)

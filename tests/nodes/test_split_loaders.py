@@ -136,6 +136,8 @@ def test_wrong_files_types_and_dtypes_are_validation_errors(base: Path) -> None:
         Executor(build_registry()).prepare(prompt)
     by = {(e.node_id, e.input_name): e.message for e in info.value.errors}
     assert "no UNet in the original layout" in by[("11", "unet_name")]
+    assert "supported: SD1.x, SD2.x, SDXL and SDXL refiner diffusion models (the UNet alone" in by[("11", "unet_name")]
+    assert "single-file checkpoints" not in by[("11", "unet_name")]  # this loader's files, not Load Checkpoint's
     result = Executor(build_registry()).run({**prompt, "11": {"class_type": "UNETLoader", "inputs": {
         "unet_name": f"{stem}_unet.safetensors", "weight_dtype": "default"}}})
     # the bigG file read as an SD2 encoder: the sampler refuses conditioning of the wrong width, saying why
