@@ -445,7 +445,9 @@ class VAELoader(Node):
                 continue
             if path.suffix.lower() != ".safetensors" or not os.access(path, os.R_OK):
                 continue
-            problem = detection_problem(path, path.name, lambda meta, part=part: detect_taesd(meta, part))
+            problem = detection_problem(path, path.name, lambda meta, part=part: detect_taesd(meta, part),
+                                        "TAESD halves in the original layout (NAME_encoder.* / NAME_decoder.*, "
+                                        "each an nn.Sequential's state dict) for SD1.x/SD2.x and SDXL")
             if problem:
                 return {"vae_name": problem}
         return {}

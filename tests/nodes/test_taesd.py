@@ -131,6 +131,7 @@ def test_pseudo_names_are_listed_when_both_halves_exist_and_others_refused(base:
     paths._LISTINGS.clear()
     error = VAELoader.check("taesd")["vae_name"]
     assert error.startswith("taesd_decoder.safetensors: not a TAESD half: names are not those of an nn.Sequential")
+    assert "supported: TAESD halves in the original layout" in error and "checkpoints" not in error
     prompt = {"1": {"class_type": "VAELoader", "inputs": {"vae_name": "taesd"}},
               "2": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
               "3": {"class_type": "VAEDecode", "inputs": {"samples": ["2", 0], "vae": ["1", 0]}},
