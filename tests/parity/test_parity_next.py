@@ -4,9 +4,10 @@ ESRGAN upscaler (an image-only case: no latent or conditioning; its input image 
 
 Every case whose nodes Sumi has runs through the executor on the reference checkpoint its recipe names, rebuilt
 by Sumi's own generator into the cache dir (content hash checked first), and must match ComfyUI's latents,
-conditioning, images and PNGs within the README's tolerances. A case that needs a node Sumi does not have yet is
-skipped and the skip names the node. Slow (the checkpoints are 2.1 to 6.9 GB): SUMI_SKIP_SLOW=1 skips all, and
-the SDXL cases (6.9 GB on disk, about 8 GB of memory) also skip unless SUMI_PARITY_SDXL=1 or the file is cached.
+conditioning, images and PNGs within the README's tolerances. Every case's nodes must be registered (a missing
+one fails, naming it: no case is left out silently). Slow (the checkpoints are 2.1 to 6.9 GB): SUMI_SKIP_SLOW=1
+skips all, and the SDXL cases (6.9 GB on disk, about 8 GB of memory) also skip unless SUMI_PARITY_SDXL=1 or the
+file is cached.
 """
 from __future__ import annotations
 
@@ -38,9 +39,10 @@ LOOSE = {"splitsigmas_euler_normal_sd15"}
 # output without a final norm (|cond| up to 8.25): measured 1.08e-5 from ComfyUI's, 1.3e-6 relative.
 COND_BOUND = {"sdxl_refiner_euler_normal": 2e-5}
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(os.environ.get("SUMI_SKIP_SLOW") == "1",
-                                                     reason="SUMI_SKIP_SLOW=1: parity-next with ComfyUI not checked"),
-              pytest.mark.skipif(not NEXT.is_dir(), reason=f"parity-next references not found at {NEXT}")]
+SLOW_SKIPPED = "SUMI_SKIP_SLOW=1: parity-next with ComfyUI not checked; runs in make test (CI), where it is unset"
+NOT_THERE = f"parity-next references not found at {NEXT}: runs where ../shared/reference/parity-next is checked out"
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(os.environ.get("SUMI_SKIP_SLOW") == "1", reason=SLOW_SKIPPED),
+              pytest.mark.skipif(not NEXT.is_dir(), reason=NOT_THERE)]
 
 
 def cache_dir() -> Path:
@@ -120,8 +122,7 @@ def test_case_matches_comfyui(base: Path, name: str) -> None:
     prompt = json.loads((NEXT / "cases" / f"{name}.json").read_text())
     registry = build_registry()
     missing = sorted({n["class_type"] for n in prompt.values()} - set(registry.nodes))
-    if missing:
-        pytest.skip(f"needs nodes Sumi does not have yet: {', '.join(missing)}")
+    assert not missing, f"nodes the case needs are not registered: {', '.join(missing)} ({registry.failed})"
     ckpt = case["checkpoint"]
     if ckpt and ckpt.startswith("reference_sdxl") and os.environ.get("SUMI_PARITY_SDXL") != "1" \
             and not (cache_dir() / ckpt).exists():

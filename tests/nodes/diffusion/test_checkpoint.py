@@ -352,7 +352,8 @@ def test_rule_tensor() -> None:
 # ---------------------------------------------------------------- slow: the 2.1 GB reference checkpoint
 
 skip_slow = pytest.mark.skipif(os.environ.get("SUMI_SKIP_SLOW") == "1",
-                               reason="SUMI_SKIP_SLOW=1: writes and loads the 2.1 GB reference checkpoint")
+                               reason="SUMI_SKIP_SLOW=1: writes and loads the 2.1 GB reference checkpoint; "
+                                      "runs in make test (CI), where SUMI_SKIP_SLOW is unset")
 
 
 @pytest.fixture(scope="module")
