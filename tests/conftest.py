@@ -35,3 +35,20 @@ def base(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReques
         yield root
     finally:
         paths.FOLDERS = saved
+
+
+@pytest.fixture
+def tiny_base(tmp_path: Path, tiny_checkpoint: Path) -> Iterator[Path]:
+    """A fresh base directory per test holding (a link to) the tiny default checkpoint and an input folder;
+    the process folders point at it and are restored after."""
+    from nodes import models, paths
+
+    saved = paths.FOLDERS
+    paths.configure(tmp_path)
+    (tmp_path / "models" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "models" / "checkpoints" / models.DEFAULT_CHECKPOINT).symlink_to(tiny_checkpoint)
+    (tmp_path / "input").mkdir()
+    try:
+        yield tmp_path
+    finally:
+        paths.FOLDERS = saved

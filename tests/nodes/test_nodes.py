@@ -16,7 +16,6 @@ import os
 import re
 import shutil
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ from safetensors.torch import save_file
 
 from executor.errors import ValidationFailed
 from executor.runner import Event, Executor, RunResult
-from nodes import build_registry, models, paths
+from nodes import build_registry, models
 from nodes.diffusion.sample import SAMPLER_NAMES
 from nodes.latent import UPSCALE_METHODS
 
@@ -40,15 +39,8 @@ CKPT = models.DEFAULT_CHECKPOINT
 
 
 @pytest.fixture
-def base(tmp_path: Path, tiny_checkpoint: Path) -> Iterator[Path]:
-    """A fresh base directory holding (a link to) the tiny checkpoint; the process folders point at it."""
-    saved = paths.FOLDERS
-    paths.configure(tmp_path)
-    (tmp_path / "models" / "checkpoints").mkdir(parents=True)
-    (tmp_path / "models" / "checkpoints" / CKPT).symlink_to(tiny_checkpoint)
-    (tmp_path / "input").mkdir()
-    yield tmp_path
-    paths.FOLDERS = saved
+def base(tiny_base: Path) -> Path:
+    return tiny_base  # tests/conftest.py: a fresh base per test with the tiny checkpoint
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ LoadImageMask's channels and content fingerprint; MaskPreview's files; validatio
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,14 +44,8 @@ def seeded(*shape: int, seed: int = 0) -> torch.Tensor:
 
 
 @pytest.fixture
-def base(tmp_path: Path, tiny_checkpoint: Path) -> Iterator[Path]:
-    saved = paths.FOLDERS
-    paths.configure(tmp_path)
-    (tmp_path / "models" / "checkpoints").mkdir(parents=True)
-    (tmp_path / "models" / "checkpoints" / CKPT).symlink_to(tiny_checkpoint)
-    (tmp_path / "input").mkdir()
-    yield tmp_path
-    paths.FOLDERS = saved
+def base(tiny_base: Path) -> Path:
+    return tiny_base  # tests/conftest.py: a fresh base per test with the tiny checkpoint
 
 
 @pytest.fixture
