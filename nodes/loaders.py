@@ -12,9 +12,35 @@ from executor.schema import Determinism, Input, Node, Output
 from . import devices, models, paths
 
 
+def model_names(kind: str) -> list[str]:
+    """A loader's options: the files of its model folders and the embedded tiny ones (built on first use)."""
+    return sorted({*paths.list_models(kind), *models.tiny_files(kind)})
+
+
+def model_path(kind: str, name: str) -> Path:
+    """The file a loader reads: found in the folders, else an embedded tiny one built now; else a
+    FileNotFoundError that names the folders searched."""
+    path = paths.find_model(kind, name)
+    if path is None and name in (tiny := models.tiny_files(kind)):
+        path = tiny[name](name)
+    if path is None:
+        raise FileNotFoundError(paths.missing_model_hint(kind)(name))
+    return path
+
+
+def model_identity(kind: str, name: str) -> str:
+    """What a loader's cache signature holds about its file (`model_file_identity`); `tiny:NAME` for an embedded
+    tiny file not built yet (it is built from code, the same every time)."""
+    path = paths.find_model(kind, name)
+    if path is None and name in models.tiny_files(kind):
+        return f"tiny:{name}"
+    if path is None:
+        raise FileNotFoundError(name)
+    return model_file_identity(path)
+
+
 def checkpoint_names() -> list[str]:
-    # The embedded tiny models are always offered: they are built on first use.
-    return sorted({*paths.list_models("checkpoints"), *models.TINY_CHECKPOINTS})
+    return model_names("checkpoints")
 
 
 def model_file_identity(path: Path) -> str:
@@ -30,13 +56,6 @@ def model_file_identity(path: Path) -> str:
             n = int.from_bytes(head, "little") if len(head) == 8 else 0
             parts.append(hashlib.sha256(f.read(min(n, 100 << 20))).hexdigest())
     return "|".join(parts)
-
-
-def _checkpoint_path(ckpt_name: str) -> Path | None:
-    path = paths.find_model("checkpoints", ckpt_name)
-    if path is None and ckpt_name in models.TINY_CHECKPOINTS:
-        path = models.ensure_default_checkpoint(ckpt_name)
-    return path
 
 
 class CheckpointLoaderSimple(Node):
@@ -57,12 +76,7 @@ class CheckpointLoaderSimple(Node):
 
     @classmethod
     def fingerprint(cls, ckpt_name: str) -> str:
-        path = paths.find_model("checkpoints", ckpt_name)
-        if path is None:
-            if ckpt_name not in models.TINY_CHECKPOINTS:
-                raise FileNotFoundError(ckpt_name)
-            return f"tiny:{ckpt_name}|{devices.POLICY.describe()}"  # built from code on first use
-        return f"{model_file_identity(path)}|{devices.POLICY.describe()}"
+        return f"{model_identity('checkpoints', ckpt_name)}|{devices.POLICY.describe()}"
 
     @classmethod
     def check(cls, ckpt_name: str) -> dict[str, str]:
@@ -77,30 +91,11 @@ class CheckpointLoaderSimple(Node):
         return {"ckpt_name": problem} if problem else {}
 
     def run(self, ctx: Any, ckpt_name: str) -> tuple[Any, ...]:
-        path = _checkpoint_path(ckpt_name)
-        if path is None:
-            raise FileNotFoundError(paths.missing_model_hint("checkpoints")(ckpt_name))
-        return models.load(path)
+        return models.load(model_path("checkpoints", ckpt_name))
 
 
 def lora_names() -> list[str]:
-    return sorted({*paths.list_models("loras"), *models.TINY_LORAS})
-
-
-def _lora_path(lora_name: str) -> Path | None:
-    path = paths.find_model("loras", lora_name)
-    if path is None and lora_name in models.TINY_LORAS:
-        path = models.ensure_tiny_lora(lora_name)
-    return path
-
-
-def _lora_fingerprint(lora_name: str) -> str:
-    path = paths.find_model("loras", lora_name)
-    if path is None:
-        if lora_name in models.TINY_LORAS:
-            return f"tiny:{lora_name}"
-        raise FileNotFoundError(lora_name)
-    return model_file_identity(path)
+    return model_names("loras")
 
 
 def apply_lora(model: Any, clip: Any, lora_name: str, strength_model: float,
@@ -109,9 +104,7 @@ def apply_lora(model: Any, clip: Any, lora_name: str, strength_model: float,
     reach no weight are logged as "lora key not loaded", as ComfyUI does."""
     from .diffusion import lora
 
-    path = _lora_path(lora_name)
-    if path is None:
-        raise FileNotFoundError(paths.missing_model_hint("loras")(lora_name))
+    path = model_path("loras", lora_name)
     modules, extra = lora.parse(lora.read_lora(path))
     applied: set[str] = set()
     if model is not None and strength_model != 0:
@@ -153,7 +146,7 @@ class LoraLoader(Node):
 
     @classmethod
     def fingerprint(cls, lora_name: str, **_: Any) -> str:
-        return _lora_fingerprint(lora_name)
+        return model_identity("loras", lora_name)
 
     def run(self, ctx: Any, model: Any, clip: Any, lora_name: str, strength_model: float,
             strength_clip: float) -> tuple[Any, ...]:
@@ -175,7 +168,7 @@ class LoraLoaderModelOnly(Node):
 
     @classmethod
     def fingerprint(cls, lora_name: str, **_: Any) -> str:
-        return _lora_fingerprint(lora_name)
+        return model_identity("loras", lora_name)
 
     def run(self, ctx: Any, model: Any, lora_name: str, strength_model: float) -> tuple[Any, ...]:
         if strength_model == 0:
@@ -223,33 +216,8 @@ def _check_file(field: str, kind: str, name: str, detect_name: str) -> dict[str,
     return {field: problem} if problem else {}
 
 
-def _split_names(kind: str) -> list[str]:
-    """A split loader's options: the files of its folder, and the embedded tiny ones (built on first use)."""
-    return sorted({*paths.list_models(kind), *models.tiny_split_names(kind)})
-
-
-def _is_tiny(kind: str, name: str) -> bool:
-    return models.TINY_SPLIT.get(name, ("",))[0] == kind
-
-
-def _found(kind: str, name: str) -> Path:
-    path = paths.find_model(kind, name)
-    if path is None and _is_tiny(kind, name):
-        path = models.ensure_tiny_split(name)
-    if path is None:
-        raise FileNotFoundError(paths.missing_model_hint(kind)(name))
-    return path
-
-
-def _identity(kind: str, name: str) -> str:
-    path = paths.find_model(kind, name)
-    if path is None and _is_tiny(kind, name):
-        return f"tiny:{name}"  # built from code on first use
-    return model_file_identity(_found(kind, name))
-
-
 def _fingerprint(kind: str, *names: str) -> str:
-    return "|".join([*(_identity(kind, n) for n in names), devices.POLICY.describe()])
+    return "|".join([*(model_identity(kind, n) for n in names), devices.POLICY.describe()])
 
 
 # UNETLoader's weight_dtype -> the dtype weights are rounded to (computed in the policy's dtype). `_fast` is
@@ -307,7 +275,7 @@ class UNETLoader(Node):
                    "fp8 weight dtypes round the weights to fp8 (files stored in fp8 load too).")
     cache_pool = "models"
     determinism = Determinism.VOLATILE
-    inputs = (Input("unet_name", "COMBO", options=lambda: _split_names("diffusion_models"),
+    inputs = (Input("unet_name", "COMBO", options=lambda: model_names("diffusion_models"),
                     missing_hint=paths.missing_model_hint("diffusion_models")),
               Input("weight_dtype", "COMBO", options=list(WEIGHT_DTYPES),
                     tooltip="fp8 types keep the weights at fp8 precision; Sumi computes in the device policy's "
@@ -326,7 +294,7 @@ class UNETLoader(Node):
         import torch
 
         storage = WEIGHT_DTYPES[weight_dtype]
-        return (models.load_diffusion_model(_found("diffusion_models", unet_name),
+        return (models.load_diffusion_model(model_path("diffusion_models", unet_name),
                                             getattr(torch, storage) if storage else None),)
 
 
@@ -339,7 +307,7 @@ class CLIPLoader(Node):
                    "ComfyUI's other types are listed and refused with what the file appears to be.")
     cache_pool = "models"
     determinism = Determinism.VOLATILE
-    inputs = (Input("clip_name", "COMBO", options=lambda: _split_names("text_encoders"),
+    inputs = (Input("clip_name", "COMBO", options=lambda: model_names("text_encoders"),
                     missing_hint=paths.missing_model_hint("text_encoders")),
               Input("type", "COMBO", options=CLIP_LOADER_TYPES),
               Input("device", "COMBO", options=CLIP_DEVICES, optional=True))
@@ -356,7 +324,7 @@ class CLIPLoader(Node):
         return _check_file("clip_name", "text_encoders", clip_name, "detect_text_encoder")
 
     def run(self, ctx: Any, clip_name: str, type: str, device: str = "default") -> tuple[Any, ...]:
-        return (models.load_text_encoders([_found("text_encoders", clip_name)], type),)
+        return (models.load_text_encoders([model_path("text_encoders", clip_name)], type),)
 
 
 class DualCLIPLoader(Node):
@@ -366,9 +334,9 @@ class DualCLIPLoader(Node):
     description = "Loads two text encoder files: type sdxl takes CLIP-L and OpenCLIP-bigG."
     cache_pool = "models"
     determinism = Determinism.VOLATILE
-    inputs = (Input("clip_name1", "COMBO", options=lambda: _split_names("text_encoders"),
+    inputs = (Input("clip_name1", "COMBO", options=lambda: model_names("text_encoders"),
                     missing_hint=paths.missing_model_hint("text_encoders")),
-              Input("clip_name2", "COMBO", options=lambda: _split_names("text_encoders"),
+              Input("clip_name2", "COMBO", options=lambda: model_names("text_encoders"),
                     missing_hint=paths.missing_model_hint("text_encoders")),
               Input("type", "COMBO", options=DUAL_CLIP_TYPES),
               Input("device", "COMBO", options=CLIP_DEVICES, optional=True))
@@ -389,7 +357,7 @@ class DualCLIPLoader(Node):
 
     def run(self, ctx: Any, clip_name1: str, clip_name2: str, type: str,
             device: str = "default") -> tuple[Any, ...]:
-        files = [_found("text_encoders", clip_name1), _found("text_encoders", clip_name2)]
+        files = [model_path("text_encoders", clip_name1), model_path("text_encoders", clip_name2)]
         return (models.load_text_encoders(files, type),)
 
 
@@ -398,7 +366,7 @@ def vae_names() -> list[str]:
     from .diffusion.taesd import TAESD_NAMES
 
     taesd = [n for n in TAESD_NAMES if models.taesd_files(n) is not None]
-    return [*_split_names("vae"), *taesd, *models.TINY_TAESD]
+    return [*model_names("vae"), *taesd, *models.TINY_TAESD]
 
 
 def _is_taesd(vae_name: str) -> bool:
@@ -455,7 +423,7 @@ class VAELoader(Node):
     def run(self, ctx: Any, vae_name: str) -> tuple[Any, ...]:
         if _is_taesd(vae_name):
             return (models.load_taesd(vae_name),)
-        return (models.load_vae(_found("vae", vae_name)),)
+        return (models.load_vae(model_path("vae", vae_name)),)
 
 
 class ControlNetLoader(Node):
@@ -468,14 +436,12 @@ class ControlNetLoader(Node):
     cache_pool = "models"
     determinism = Determinism.VOLATILE
     inputs = (Input("control_net_name", "COMBO",
-                    options=lambda: sorted({*paths.list_models("controlnet"), *models.TINY_CONTROLNETS}),
+                    options=lambda: model_names("controlnet"),
                     missing_hint=paths.missing_model_hint("controlnet")),)
     outputs = (Output("CONTROL_NET"),)
 
     @classmethod
     def fingerprint(cls, control_net_name: str) -> str:
-        if paths.find_model("controlnet", control_net_name) is None and control_net_name in models.TINY_CONTROLNETS:
-            return f"tiny:{control_net_name}|{devices.POLICY.describe()}"
         return _fingerprint("controlnet", control_net_name)
 
     @classmethod
@@ -492,10 +458,7 @@ class ControlNetLoader(Node):
         from .diffusion.controlnet import ControlNet, load_controlnet
 
         policy = devices.POLICY
-        path = paths.find_model("controlnet", control_net_name)
-        if path is None and control_net_name in models.TINY_CONTROLNETS:
-            path = models.ensure_tiny_controlnet(control_net_name)
-        family, net = load_controlnet(path or _found("controlnet", control_net_name), policy.device,
+        family, net = load_controlnet(model_path("controlnet", control_net_name), policy.device,
                                       policy.unet_dtype())
         return (ControlNet(net, family, policy.device, policy.unet_dtype()),)
 

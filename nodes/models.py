@@ -266,10 +266,6 @@ TINY_SPLIT = {f"{stem}_{part}.safetensors": (SPLIT_FOLDERS[part], f"{stem}.safet
               for part in parts}
 
 
-def tiny_split_names(kind: str) -> list[str]:
-    return [name for name, (folder, _, _) in TINY_SPLIT.items() if folder == kind]
-
-
 def ensure_tiny_split(name: str) -> Path:
     """Build one of `TINY_SPLIT` into its model folder on first use (from its tiny checkpoint, built if need be)."""
     import os
@@ -285,6 +281,27 @@ def ensure_tiny_split(name: str) -> Path:
             os.replace(write_split_files(ensure_default_checkpoint(checkpoint), scratch)[part], tmp)
 
     return paths.build_once(folder, name, write)
+
+
+# the embedded tiny upscaler: an ESRGAN ×4 in RealESRGAN_x4plus's layout, a few blocks wide
+TINY_UPSCALE_MODELS = {"sumi_tiny_esrgan_x4.pth": "tiny"}
+
+
+def ensure_tiny_upscale_model(name: str) -> Path:
+    """Build one of `TINY_UPSCALE_MODELS` into models/upscale_models on first use."""
+    from .upscaler_fixtures import TINY, write_esrgan
+
+    return paths.build_once("upscale_models", name, lambda tmp: write_esrgan(tmp, **TINY))
+
+
+def tiny_files(kind: str) -> dict[str, Callable[[str], Path]]:
+    """The embedded tiny files a loader of model folder `kind` offers besides the folder's own: name -> its
+    builder (`builder(name)` writes it on first use and returns its path)."""
+    own = {"checkpoints": dict.fromkeys(TINY_CHECKPOINTS, ensure_default_checkpoint),
+           "loras": dict.fromkeys(TINY_LORAS, ensure_tiny_lora),
+           "controlnet": dict.fromkeys(TINY_CONTROLNETS, ensure_tiny_controlnet),
+           "upscale_models": dict.fromkeys(TINY_UPSCALE_MODELS, ensure_tiny_upscale_model)}.get(kind, {})
+    return {**own, **{name: ensure_tiny_split for name, (folder, _, _) in TINY_SPLIT.items() if folder == kind}}
 
 
 # the embedded tiny textual-inversion embeddings (`embedding:NAME`): NAME -> the tiny family whose encoders they fit

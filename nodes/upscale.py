@@ -9,21 +9,11 @@ from typing import Any, ClassVar
 from executor.schema import Determinism, Input, Node, Output
 
 from . import devices, paths
-from .loaders import model_file_identity
-
-# the embedded tiny upscaler, built on first use: an ESRGAN ×4 in RealESRGAN_x4plus's layout, a few blocks wide
-TINY_UPSCALE_MODELS = {"sumi_tiny_esrgan_x4.pth": "tiny"}
+from .loaders import model_file_identity, model_identity, model_names, model_path
 
 
 def upscale_model_names() -> list[str]:
-    return sorted({*paths.list_models("upscale_models"), *TINY_UPSCALE_MODELS})
-
-
-def ensure_tiny_upscale_model(name: str) -> Path:
-    """Build one of `TINY_UPSCALE_MODELS` into models/upscale_models on first use."""
-    from .upscaler_fixtures import TINY, write_esrgan
-
-    return paths.build_once("upscale_models", name, lambda tmp: write_esrgan(tmp, **TINY))
+    return model_names("upscale_models")
 
 
 def _policy() -> str:
@@ -62,12 +52,7 @@ class UpscaleModelLoader(Node):
 
     @classmethod
     def fingerprint(cls, model_name: str) -> str:
-        path = paths.find_model("upscale_models", model_name)
-        if path is None:
-            if model_name not in TINY_UPSCALE_MODELS:
-                raise FileNotFoundError(model_name)
-            return f"tiny:{model_name}|{_policy()}"  # built from code on first use
-        return f"{model_file_identity(path)}|{_policy()}"
+        return f"{model_identity('upscale_models', model_name)}|{_policy()}"
 
     @classmethod
     def check(cls, model_name: str) -> dict[str, str]:
@@ -82,11 +67,7 @@ class UpscaleModelLoader(Node):
     def run(self, ctx: Any, model_name: str) -> tuple[Any, ...]:
         from .upscaler import load_upscale_model
 
-        path = paths.find_model("upscale_models", model_name)
-        if path is None and model_name in TINY_UPSCALE_MODELS:
-            path = ensure_tiny_upscale_model(model_name)
-        if path is None:
-            raise FileNotFoundError(paths.missing_model_hint("upscale_models")(model_name))
+        path = model_path("upscale_models", model_name)
         policy = devices.POLICY
         return (load_upscale_model(path, policy.device, policy.precision),)
 

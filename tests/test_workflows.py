@@ -74,7 +74,7 @@ def test_refiner_hand_over_is_deterministic_and_cached(ex: Executor) -> None:
 @pytest.mark.parametrize(("workflow", "size"), [("upscale_esrgan", (1024, 1024)),
                                               ("hires_fix_model_upscale", (256, 256))])
 def test_model_upscale_workflows_run_on_the_tiny_models(ex: Executor, workflow: str, size: tuple[int, int]) -> None:
-    from nodes.upscale import TINY_UPSCALE_MODELS
+    from nodes.models import TINY_UPSCALE_MODELS
 
     prompt = json.loads((REPO / "workflows" / f"{workflow}.json").read_text())
     paths.ensure_example_inputs()

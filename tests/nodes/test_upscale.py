@@ -20,7 +20,8 @@ from executor.cache import measure
 from executor.errors import ValidationFailed
 from executor.runner import Executor
 from nodes import build_registry, devices, models, paths, upscaler
-from nodes.upscale import TINY_UPSCALE_MODELS, UpscaleModelLoader, ensure_tiny_upscale_model
+from nodes.models import TINY_UPSCALE_MODELS, ensure_tiny_upscale_model
+from nodes.upscale import UpscaleModelLoader
 from nodes.upscaler import UpscaleModel, tile_count, tiled_scale, upscale
 from nodes.upscaler_fixtures import TINY, write_esrgan
 
