@@ -58,6 +58,16 @@ def test_default_workflow_queues_and_its_image_appears(editor: EditorPage, edito
     # The image: in the Save Image node and in the history panel, both loaded from /view.
     save = editor.node_of("SaveImage")["id"]
     editor.wait_for("(id) => { const n = app.graph.getNodeById(id); return n.imgs?.[0]?.naturalWidth === 64; }", save)
+    # ... and drawn on the canvas with nothing else happening (no pointer move to trigger a redraw): the middle of
+    # the node's image area holds the picture's varied pixels, not the flat node background
+    editor.wait_for("""(id) => {
+        const c = app.canvas, n = app.graph.getNodeById(id), el = c.canvas;
+        const q = c.ds.convertOffsetToCanvas([n.pos[0] + n.size[0] / 2, n.pos[1] + n.size[1] - 40]);
+        const k = el.width / el.clientWidth;
+        const px = el.getContext("2d").getImageData(q[0] * k - 8, q[1] * k - 8, 16, 16).data;
+        const grey = []; for (let i = 0; i < px.length; i += 4) grey.push(px[i] + px[i + 1] + px[i + 2]);
+        const mean = grey.reduce((a, b) => a + b) / grey.length;
+        return grey.reduce((a, b) => a + (b - mean) ** 2, 0) / grey.length > 100; }""", save)
     thumb = editor.page.wait_for_selector(f"#history-list [data-prompt-id='{prompt_id}'] img.thumb")
     editor.wait_for("(el) => el.complete && el.naturalWidth === 64", thumb)
     history = requests.get(f"{editor_server.url}/history/{prompt_id}", timeout=10).json()[prompt_id]

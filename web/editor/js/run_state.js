@@ -277,7 +277,8 @@ export class RunState {
     const [w, h] = node.size;
     const room = h - top - 6;
     if (room < 24) {
-      node.size[1] = top + Math.min(w, 256) + 6;  // make room for the image once
+      node.size[1] = top + Math.min(w, 256) + 6;  // make room for the image once, and draw it in the next frame
+      this.#redraw();
       return;
     }
     const scale = Math.min((w - 12) / image.naturalWidth, room / image.naturalHeight);
