@@ -169,10 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         ckpt = Path(args.checkpoint).expanduser().resolve() if args.checkpoint else default_checkpoint()
         ensure_checkpoint(ckpt)
     harness.page_in(ckpt)
-    (tmp / "models" / "checkpoints").mkdir(parents=True, exist_ok=True)
-    link = tmp / "models" / "checkpoints" / ckpt.name
-    if not link.exists():
-        link.symlink_to(ckpt)
+    harness.prepare_base(tmp, ckpt, ckpt.name)
     print(f"checkpoint {ckpt}; work folder {tmp}", file=sys.stderr)
     started = time.time()
     try:

@@ -289,9 +289,10 @@ def wait_quiet(max_wait: float, threshold: float = 0.15) -> float:
             return cores
 
 
-def prepare_base(tmp: Path, ckpt: Path) -> None:
+def prepare_base(tmp: Path, ckpt: Path, name: str = CKPT_NAME) -> None:
+    """A base directory in `tmp` whose models/checkpoints/NAME links to the checkpoint."""
     (tmp / "models" / "checkpoints").mkdir(parents=True, exist_ok=True)
-    link = tmp / "models" / "checkpoints" / CKPT_NAME
+    link = tmp / "models" / "checkpoints" / name
     if not link.exists():
         link.symlink_to(ckpt)
 
