@@ -13,6 +13,7 @@ export class Workflows {
     this.tabs = [];
     this.active = -1;
     this.saveTimer = null;
+    this.edits = 0;  // counts edits, so that a save knows whether one came in while it was writing
     this.bar = document.getElementById("tabs");
     const click = (id, fn) => document.getElementById(id).addEventListener("click", fn);
     click("new-button", () => this.newTab());
@@ -102,6 +103,7 @@ export class Workflows {
 
   /** Called after each edit: mark the tab modified and keep it in localStorage. */
   edited() {
+    this.edits += 1;
     if (this.current && !this.current.modified) {
       this.current.modified = true;
       this.render();
@@ -234,13 +236,20 @@ export class Workflows {
     }
     name = name.trim().replace(/\.json$/i, "");
     const path = `workflows/${name}.json`;
+    // An edit made just before saving is still waiting for the change tracker's debounce: take it in now, so
+    // that its late check does not mark the saved tab modified. An edit made while the write is in flight is
+    // not in the file, and keeps the tab modified.
+    const tab = this.current;
+    this.app.tracker.check();
+    const editsBefore = this.edits;
     try {
       await this.app.api.writeUserData(path, JSON.stringify(this.app.serialize()), true);
     } catch (error) {
       toast(`Could not save: ${error.body?.error?.message || error.message}`, "error");
       return false;
     }
-    Object.assign(this.current, {name, path, modified: false});
+    this.app.tracker.check();
+    Object.assign(tab, {name, path, modified: tab !== this.current || this.edits !== editsBefore});
     this.render();
     this.persist();
     toast(`Saved ${path}`);
