@@ -21,6 +21,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -425,7 +426,11 @@ def test_a_png_from_the_sumi_before_format_versions_still_runs(base: Path, tmp_p
     proc = cli(base, "run", str(old), "--save-workflow", str(tmp_path / "again.json"))
     assert proc.returncode == 0, proc.stderr
     with Image.open(proc.stdout.split()[0]) as new, Image.open(old) as before:
-        assert new.tobytes() == before.tobytes()  # same pixels as the old Sumi wrote
+        # The same pixels as the old Sumi wrote, up to float rounding across CPUs: the fixture was made on an
+        # AVX-512 machine, and on an AVX2 one 3 of its 3,072 values come out one level apart. Another seed,
+        # prompt or sampler setting moves most of them by far more.
+        diff = np.abs(np.asarray(new, dtype=np.int16) - np.asarray(before, dtype=np.int16))
+        assert new.size == before.size and diff.max() <= 1 and np.count_nonzero(diff) <= 0.01 * diff.size
         assert json.loads(new.text["workflow"])["extra"]["sumi"] == {"format_version": 1}
         assert json.loads(new.text["sumi"])["format_version"] == 1
     assert json.loads((tmp_path / "again.json").read_text())["extra"]["sumi"] == {"format_version": 1}

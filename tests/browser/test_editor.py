@@ -435,6 +435,11 @@ def test_save_reload_and_open_by_name(editor: EditorPage, editor_server: Any) ->
     assert editor.node_of("KSampler")["widgets"]["cfg"] == 6.5
     tabs = editor.page.eval_on_selector_all("#tabs .tab-name", "els => els.map(e => e.textContent)")
     assert tabs == ["txt2img •", "lighthouse study"]
+    # An edit still inside the tracker's debounce when the tab is left marks that tab, not the next one.
+    editor.js("(id) => { app.graph.getNodeById(id).widgets.find(w => w.name === 'cfg').value = 7.5; app.changed();"
+              " app.workflows.newTab('third'); }", editor.node_of("KSampler")["id"])
+    tabs = editor.page.eval_on_selector_all("#tabs .tab-name", "els => els.map(e => e.textContent)")
+    assert tabs == ["txt2img •", "lighthouse study •", "third"]
 
 
 def test_queue_panel_cancels_a_pending_prompt_and_the_gallery_loads_a_workflow(editor: EditorPage,

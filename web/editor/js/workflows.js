@@ -59,7 +59,9 @@ export class Workflows {
   }
 
   #stash() {
-    if (this.current && this.app.graph) this.current.data = this.app.serialize();
+    if (!this.current || !this.app.graph) return;
+    this.app.tracker?.check();  // an edit still inside the tracker's debounce marks this tab before it is left
+    this.current.data = this.app.serialize();
   }
 
   #activate(index, empty = false) {
