@@ -7,7 +7,7 @@ by Sumi's own generator into the cache dir (content hash checked first), and mus
 conditioning, images and PNGs within the README's tolerances. Every case's nodes must be registered (a missing
 one fails, naming it: no case is left out silently). Slow (the checkpoints are 2.1 to 6.9 GB): SUMI_SKIP_SLOW=1
 skips all, and the SDXL cases (6.9 GB on disk, about 8 GB of memory) also skip unless SUMI_PARITY_SDXL=1 or the
-file is cached.
+file is cached (`make test` sets SUMI_PARITY_SDXL=1).
 """
 from __future__ import annotations
 
