@@ -1,7 +1,9 @@
 """What made an output: recorded in every PNG Sumi writes (its `sumi` chunk) and compared by `run --verify`.
 
 The record: Sumi's format and program versions, the model files (ComfyUI's `models` entries, with sha256), each
-node type's version, torch's version, the device and the precision setting with the dtypes it chose.
+node type's version, torch's version, the device and what does its arithmetic (the GPU's name, or the CPU vector
+unit torch's kernels use: float rounding differs between AVX2 and AVX-512 CPUs, so a re-run on another machine may
+differ in the last bits), and the precision setting with the dtypes it chose.
 """
 from __future__ import annotations
 
@@ -35,11 +37,22 @@ def node_versions(prompt: dict[str, Any]) -> dict[str, int]:
     return {t: getattr(classes[t], "version", 1) for t in used if t in classes}
 
 
+def processor(device: Any) -> str:
+    """What runs the arithmetic on `device`: "cpu AVX2", "cpu AVX512", or the GPU's name."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "cpu":
+        return f"cpu {torch.backends.cpu.get_cpu_capability()}"
+    return device.type
+
+
 def environment() -> dict[str, Any]:
     import torch
 
     policy = devices.POLICY
-    return {"device": str(policy.device), "torch": torch.__version__,
+    return {"device": str(policy.device), "processor": processor(policy.device), "torch": torch.__version__,
             "precision": {"setting": policy.precision, "unet": str(policy.unet_dtype()).removeprefix("torch."),
                           "text_encoder": str(policy.text_dtype()).removeprefix("torch."),
                           "vae": str(policy.vae_dtype()).removeprefix("torch.")}}
@@ -63,7 +76,9 @@ def differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
                        f"now {now.get(key) or 'absent'}")
     if recorded.get("precision") != current.get("precision"):
         out.append(f"precision: recorded {_precision(recorded)}, now {_precision(current)}")
-    for field in ("device", "sumi_version", "torch"):
+    for field in ("device", "processor", "sumi_version", "torch"):
+        if field == "processor" and field not in recorded:  # older records kept none: unknown, not a difference
+            continue
         if recorded.get(field) != current.get(field):
             out.append(f"{field.replace('_', ' ')}: recorded {recorded.get(field)}, now {current.get(field)}")
     old, new = recorded.get("node_versions") or {}, current.get("node_versions") or {}

@@ -401,6 +401,9 @@ def test_verify_says_identical_then_names_the_precision_and_the_model_file(tmp_p
         record = json.loads(img.text["sumi"])
     assert record["node"] == "9" and record["models"][0]["name"] == "mine.safetensors"
     assert record["precision"]["unet"] == "float32" and record["device"] == "cpu"
+    import torch
+
+    assert record["processor"] == f"cpu {torch.backends.cpu.get_cpu_capability()}"
 
     def verify(*extra: str) -> dict[str, Any]:
         proc = cli(base, "run", png, "--verify", "--json", *extra)
@@ -519,3 +522,16 @@ def test_models_hash_fills_the_index_once(base: Path) -> None:
     assert data["index"] == str(base.resolve() / "user" / "model_hashes.db")
     again = json.loads(cli(base, "models", "hash", "--json").stdout)["data"]
     assert (again["files"], again["hashed"], again["bytes"]) == (1, 0, 0)
+
+
+def test_verify_names_another_processor_and_ignores_its_absence_in_older_records() -> None:
+    """A PNG made on another machine re-runs within float rounding, not bit for bit: the processor is the cause
+    --verify names. A record from before the field existed says nothing of it, which is not a difference."""
+    from nodes import provenance
+
+    now = provenance.environment()
+    other = "cpu AVX2" if now["processor"] != "cpu AVX2" else "cpu AVX512"
+    assert provenance.differences({**now, "processor": other}, now) == [
+        f"processor: recorded {other}, now {now['processor']}"]
+    older = {k: v for k, v in now.items() if k != "processor"}
+    assert provenance.differences(older, now) == []
