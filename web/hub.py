@@ -13,7 +13,7 @@ when it gave no client_id).
 `preview` events become binary frames: PREVIEW_IMAGE (type 1: format, JPEG) or, for a client whose first
 message was `feature_flags` with `supports_preview_metadata`, PREVIEW_IMAGE_WITH_METADATA (type 4: length of a
 JSON blob naming the node and prompt, the JSON, the JPEG). Previews exist only for prompts whose client asked
-for them (see `Hub.wants_previews`): a client that collects binary frames as its outputs never gets one
+for them (see `Hub.preview_choice`): a client that collects binary frames as its outputs never gets one
 it did not ask for.
 """
 from __future__ import annotations
@@ -133,9 +133,6 @@ class Hub:
                     log.exception("could not deliver %s", event.type)
 
     # -- who gets what -----------------------------------------------------------------------------------
-
-    def wants_previews(self, extra_data: dict[str, Any]) -> bool:
-        return self.preview_choice(extra_data) is not False
 
     def preview_choice(self, extra_data: dict[str, Any]) -> bool | str:
         """Whether a prompt's run computes previews, and which kind: its `extra_data.preview_method` when set

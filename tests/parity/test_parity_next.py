@@ -126,7 +126,8 @@ def test_case_matches_comfyui(base: Path, name: str) -> None:
     ckpt = case["checkpoint"]
     if ckpt and ckpt.startswith("reference_sdxl") and os.environ.get("SUMI_PARITY_SDXL") != "1" \
             and not (cache_dir() / ckpt).exists():
-        pytest.skip(f"{ckpt} (6-7 GB; ~14 GB of memory to run in fp32) not cached; SUMI_PARITY_SDXL=1 builds it")
+        pytest.skip(f"{ckpt} (6-7 GB; ~14 GB of memory to run in fp32) not cached: runs in make test (CI),"
+                    " which sets SUMI_PARITY_SDXL=1 and builds it")
     if ckpt:
         link = base / "models" / "checkpoints" / ckpt
         if not link.exists():
