@@ -272,4 +272,3 @@ def test_a_prompt_names_its_preview_kind_or_takes_the_servers(server: str | None
 
     hub = Hub(None, {}, preview_method=server)
     assert hub.preview_choice(extra) == want
-    assert hub.wants_previews(extra) is (want is not False)
